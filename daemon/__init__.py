@@ -1,0 +1,3 @@
+"""The process: configuration, watcher, ledger, service loop and the ``diarist`` CLI."""
+
+__all__: list[str] = []

@@ -1,0 +1,397 @@
+"""The ``diarist`` command line. Exit codes: 0 ok, 1 a file or check failed, 2 configuration or usage error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from diarist.daemon import config as cfg
+from diarist.daemon.logs import configure as configure_logs
+from diarist.handlers.errors import ConfigError, DiaristError, ModelError
+from diarist.policies.flavor import Task
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _engine(settings: cfg.Settings) -> Any:
+    from diarist.handlers.engine import LocalEngine
+
+    m = settings.models
+    return LocalEngine(
+        pipeline=m.pipeline,
+        device=m.device,
+        clustering_threshold=m.clustering_threshold,
+        segmentation_batch_size=m.segmentation_batch_size,
+        embedding_batch_size=m.embedding_batch_size,
+        token=settings.hf_token,
+        telemetry=settings.daemon.telemetry,
+    )
+
+
+def _settings(args: argparse.Namespace) -> cfg.Settings:
+    settings = cfg.load_settings(args.config)
+    daemon = settings.daemon
+    if getattr(args, "ledger", None):
+        daemon = replace(daemon, ledger=args.ledger.resolve())
+    if getattr(args, "host_id", None):
+        daemon = replace(daemon, host_id=args.host_id)
+    settings = replace(settings, daemon=daemon)
+    if getattr(args, "inbox", None):
+        if not args.outbox:
+            raise ConfigError("--inbox needs --outbox", hint="e.g. diarist run --inbox ./inbox --outbox ./outbox")
+        table: dict[str, Any] = {"path": str(args.inbox), "outbox": str(args.outbox)}
+        if args.stability_seconds is not None:
+            table["stability_seconds"] = args.stability_seconds
+        if args.polling is not None:
+            table["polling"] = {"true": True, "false": False}.get(args.polling, args.polling)
+        inbox = cfg.parse_settings({"inbox": [table]}, file="command line").inboxes[0]
+        settings = replace(settings, inboxes=(inbox,))
+    return settings
+
+
+# -- run ----------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from diarist.daemon.ledger import Ledger
+    from diarist.daemon.service import Daemon
+
+    settings = _settings(args)
+    configure_logs(settings.daemon.log_format, settings.daemon.log_level)
+    import structlog
+
+    log = structlog.get_logger("diarist")
+    if not settings.inboxes:
+        raise ConfigError(
+            "no [[inbox]] configured",
+            file=str(settings.source or "(no config file found)"),
+            hint="add an [[inbox]] table with path and outbox, or pass --inbox DIR --outbox DIR",
+        )
+    engine = _engine(settings)
+    engine.load()
+    log.info(
+        "models_loaded",
+        seconds=round(engine.load_seconds, 2),
+        device=engine.info.device,
+        models=list(engine.info.models),
+    )
+    daemon = Daemon(settings, engine=engine, ledger=Ledger(settings.daemon.ledger))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    log.info("ready", inboxes=len(settings.inboxes), ledger=str(settings.daemon.ledger), host=settings.daemon.host_id)
+    while not stop.wait(0.5):
+        pass
+    daemon.stop()
+    log.info("stopped")
+    return EXIT_OK
+
+
+# -- process ------------------------------------------------------------------------------------------
+
+
+def _progress_bar(name: str) -> Any:
+    width = 30
+    tty = sys.stderr.isatty()
+
+    def show(step: str, fraction: float) -> None:
+        if not tty:
+            return
+        filled = int(width * fraction)
+        sys.stderr.write(f"\r{name[:30]:30} [{'#' * filled}{'.' * (width - filled)}] {fraction:5.0%} {step:12}")
+        sys.stderr.flush()
+
+    return show
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from diarist.handlers.intake import sha256_of
+    from diarist.handlers.local import diarize_file
+    from diarist.handlers.results import OutputPaths, write_result
+
+    settings = _settings(args)
+    speakers = {
+        k: v
+        for k, v in (
+            ("num_speakers", args.num_speakers),
+            ("min_speakers", args.min_speakers),
+            ("max_speakers", args.max_speakers),
+        )
+        if v is not None
+    }
+    engine = _engine(settings)
+    failures = 0
+    for path in args.files:
+        if not path.is_file():
+            print(f"diarist: {path}: no such file", file=sys.stderr)
+            failures += 1
+            continue
+        out_dir = (args.out or path.parent).resolve()
+        try:
+            doc = diarize_file(
+                path,
+                engine=engine,
+                name=path.name,
+                relative_path=path.name,
+                sha256=sha256_of(path),
+                task=Task(args.task),
+                speakers=speakers,
+                route={"decision": "local", "reason": "diarist process runs on this machine"},
+                progress=_progress_bar(path.name),
+            )
+            paths = OutputPaths.for_input(out_dir, path.name)
+            write_result(paths, doc)
+        except ModelError:
+            raise
+        except DiaristError as e:
+            print(f"\ndiarist: {path}: {e}", file=sys.stderr)
+            failures += 1
+            continue
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        print(
+            f"{path} -> {paths.rttm} ({len(doc['speakers'])} speakers, "
+            f"{doc['source']['duration']:.1f} s audio in {doc['timings']['total_seconds']:.1f} s)"
+        )
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+# -- status -------------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from diarist.daemon.ledger import Ledger
+
+    settings = _settings(args)
+    if not settings.daemon.ledger.exists():
+        print(f"no ledger at {settings.daemon.ledger}: the daemon has not run yet with this configuration")
+        return EXIT_OK
+    ledger = Ledger(settings.daemon.ledger)
+    rows = ledger.recent(args.limit)
+    if args.json:
+        print(json.dumps({"counts": ledger.counts(), "files": rows}, indent=2))
+        return EXIT_OK
+    counts = ledger.counts()
+    print("files: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    for r in rows:
+        when = datetime.fromtimestamp(r["updated_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
+        extra = r["error"] or ("reused" if r["reused_from"] else r["route"] or "")
+        print(f"{when}  {r['state']:<10} {r['rel_path']}  {extra}")
+    return EXIT_OK
+
+
+# -- doctor -------------------------------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from diarist.daemon.watcher import watch_mode
+
+    settings = _settings(args)
+    checks: list[tuple[bool, str, str]] = []
+    for tool in ("ffmpeg", "ffprobe"):
+        found = shutil.which(tool)
+        checks.append((bool(found), tool, found or "missing: apt-get install ffmpeg"))
+    if settings.models.pipeline == cfg.BUNDLED_PIPELINE:
+        try:
+            from diarist.handlers.engine import bundled_model_dir
+
+            checks.append((True, "models", f"bundled offline models in {bundled_model_dir()}"))
+        except ModelError as e:
+            checks.append((False, "models", str(e)))
+    else:
+        checks.append((True, "models", f"{settings.models.pipeline} (loaded at start; Hub ids need HF_TOKEN)"))
+    checks.append(
+        (True, "token", "HF_TOKEN is set" if settings.hf_token else "HF_TOKEN not set (offline default needs none)")
+    )
+    checks.append((True, "config", str(settings.source or "no config file (defaults)")))
+    ledger_dir = settings.daemon.ledger.parent
+    ledger_ok = os.access(ledger_dir if ledger_dir.exists() else ledger_dir.parent, os.W_OK)
+    checks.append((ledger_ok, "ledger", f"{settings.daemon.ledger} ({'writable' if ledger_ok else 'NOT writable'})"))
+    for inbox in settings.inboxes:
+        readable = inbox.path.is_dir() and os.access(inbox.path, os.R_OK | os.W_OK | os.X_OK)
+        checks.append(
+            (readable, "inbox", f"{inbox.path} ({'read/write ok' if readable else 'missing or not read/write'})")
+        )
+        out_parent = inbox.outbox if inbox.outbox.exists() else inbox.outbox.parent
+        writable = os.access(out_parent, os.W_OK)
+        checks.append((writable, "outbox", f"{inbox.outbox} ({'writable' if writable else 'NOT writable'})"))
+        mode = watch_mode(inbox)
+        checks.append(
+            (
+                True,
+                "watch",
+                f"{inbox.path}: {mode.fstype} -> {'polling' if mode.polling else 'native events'} ({mode.reason})",
+            )
+        )
+    for ok, name, detail in checks:
+        print(f"[{'ok' if ok else 'FAIL'}] {name:8} {detail}")
+    return EXIT_OK if all(ok for ok, _, _ in checks) else EXIT_FAILED
+
+
+# -- demo ---------------------------------------------------------------------------------------------
+
+
+def sample_audio() -> tuple[Path, Path]:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyannote.audio")
+    assert spec and spec.origin
+    folder = Path(spec.origin).parent / "sample"
+    return folder / "sample.wav", folder / "sample.rttm"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start the daemon on ./inbox -> ./outbox, drop pyannote's sample, print the result, stop."""
+    inbox, outbox = args.inbox.resolve(), args.outbox.resolve()
+    inbox.mkdir(parents=True, exist_ok=True)
+    outbox.mkdir(parents=True, exist_ok=True)
+    sample, _ = sample_audio()
+    result = outbox / "sample.json"
+    for stale in (result, outbox / "sample.rttm"):
+        stale.unlink(missing_ok=True)
+    state = Path(tempfile.mkdtemp(prefix="diarist-demo-"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "diarist.daemon.cli",
+        "run",
+        "--inbox",
+        str(inbox),
+        "--outbox",
+        str(outbox),
+        "--ledger",
+        str(state / "ledger.db"),
+        "--stability-seconds",
+        "1",
+    ]
+    print(f"starting: diarist run --inbox {inbox} --outbox {outbox}")
+    started = time.monotonic()
+    log = open(state / "daemon.log", "wb")
+    daemon = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DIARIST_HOST_ID": "demo"})
+    try:
+        shutil.copyfile(sample, inbox / ".sample.wav.part")
+        os.replace(inbox / ".sample.wav.part", inbox / "sample.wav")
+        print(f"dropped {sample.name} into {inbox}; waiting for {result} ...")
+        deadline = time.monotonic() + args.timeout
+        while not result.exists():
+            if daemon.poll() is not None:
+                print((state / "daemon.log").read_text()[-3000:], file=sys.stderr)
+                print(f"diarist: the daemon exited with code {daemon.returncode}", file=sys.stderr)
+                return EXIT_FAILED
+            if time.monotonic() > deadline:
+                print(f"diarist: no result after {args.timeout:.0f} s; log: {state / 'daemon.log'}", file=sys.stderr)
+                return EXIT_FAILED
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+        log.close()
+    doc = json.loads(result.read_text())
+    print(f"\n==> {outbox / 'sample.rttm'}")
+    print((outbox / "sample.rttm").read_text(), end="")
+    speech = sum(s["speech_seconds"] for s in doc["speakers"])
+    print(f"\nspeakers: {len(doc['speakers'])} ({', '.join(s['label'] for s in doc['speakers'])})")
+    print(f"speech:   {speech:.1f} s of {doc['source']['duration']:.1f} s audio")
+    print(f"engine:   {doc['engine']['backend']} on {doc['engine']['device']} ({', '.join(doc['engine']['models'])})")
+    print(f"time:     {doc['timings']['total_seconds']:.1f} s inference, {elapsed:.1f} s from start (incl. model load)")
+    print(f"archived: {inbox / '.diarist' / 'done' / 'sample.wav'}")
+    return EXIT_OK
+
+
+# -- parser -------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diarist", description="Who spoke when: watch folders, write RTTM + JSON.")
+    parser.add_argument(
+        "--config", type=Path, help="TOML config (default: /etc/diarist/diarist.toml, else ./diarist.toml)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="TOML config file")
+        p.add_argument("--ledger", type=Path, help="ledger database path (overrides [daemon] ledger)")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (SIGINT/SIGTERM stop it cleanly)")
+    common(run)
+    run.add_argument("--inbox", type=Path, help="watch this folder instead of the configured inboxes")
+    run.add_argument("--outbox", type=Path, help="results folder for --inbox")
+    run.add_argument("--stability-seconds", type=float, help="with --inbox: seconds a file must stay unchanged")
+    run.add_argument("--polling", choices=["auto", "true", "false"], help="with --inbox: watch mode")
+    run.add_argument("--host-id", help="this host's id for claims on a shared inbox (default: hostname)")
+    run.set_defaults(func=cmd_run)
+
+    proc = sub.add_parser("process", help="diarize files once, without the daemon")
+    common(proc)
+    proc.add_argument("files", nargs="+", type=Path)
+    proc.add_argument("--task", choices=[t.value for t in Task], default=Task.DIARIZATION.value)
+    proc.add_argument("--out", type=Path, help="output folder (default: beside each input)")
+    proc.add_argument("--num-speakers", type=int)
+    proc.add_argument("--min-speakers", type=int)
+    proc.add_argument("--max-speakers", type=int)
+    proc.set_defaults(func=cmd_process)
+
+    status = sub.add_parser("status", help="recent files and their states from the ledger")
+    common(status)
+    status.add_argument("--limit", type=int, default=20)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    doctor = sub.add_parser("doctor", help="check ffmpeg, models, token, folders and watch modes")
+    common(doctor)
+    doctor.set_defaults(func=cmd_doctor)
+
+    demo = sub.add_parser("demo", help="start the daemon, drop pyannote's sample into ./inbox, print the result")
+    demo.add_argument("--inbox", type=Path, default=Path("inbox"))
+    demo.add_argument("--outbox", type=Path, default=Path("outbox"))
+    demo.add_argument("--timeout", type=float, default=600)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for flag in ("num_speakers", "min_speakers", "max_speakers"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            print(f"diarist: --{flag.replace('_', '-')} must be a positive integer", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"diarist: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ModelError as e:
+        print(f"diarist: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except DiaristError as e:
+        print(f"diarist: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

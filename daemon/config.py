@@ -1,0 +1,299 @@
+"""Read the TOML file and the environment once, into frozen settings passed down as arguments.
+
+Lookup order for the file: ``--config``, else ``/etc/diarist/diarist.toml``, else ``./diarist.toml``.
+Every problem is a ``ConfigError`` that names the file and the key (the CLI exits 2 on it).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from diarist.handlers.errors import ConfigError
+from diarist.policies.flavor import Task
+from diarist.policies.route import RouteSetting
+
+DEFAULT_CONFIG_PATHS = (Path("/etc/diarist/diarist.toml"), Path("diarist.toml"))
+BUNDLED_PIPELINE = "bundled"
+
+
+class OnSuccess(str, Enum):
+    ARCHIVE = "archive"
+    DELETE = "delete"
+    KEEP = "keep"
+
+
+@dataclass(frozen=True)
+class SpeakerCounts:
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+    def as_kwargs(self) -> dict[str, int]:
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class InboxSettings:
+    path: Path
+    outbox: Path
+    recursive: bool = True
+    polling: bool | str = "auto"
+    poll_interval: float = 5.0
+    stability_seconds: float = 5.0
+    ignore: tuple[str, ...] = ()
+    task: Task = Task.DIARIZATION
+    speakers: SpeakerCounts = field(default_factory=SpeakerCounts)
+    on_success: OnSuccess = OnSuccess.ARCHIVE
+    user: str | None = None
+    route: RouteSetting = RouteSetting.AUTO
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    #: "bundled" (offline default), a Hub pipeline id, or a local pipeline directory
+    pipeline: str = BUNDLED_PIPELINE
+    device: str = "auto"
+    #: clustering distance threshold for the bundled pipeline (None: the tuned default)
+    clustering_threshold: float | None = None
+    segmentation_batch_size: int = 32
+    embedding_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    ledger: Path
+    host_id: str
+    rescan_interval: float = 60.0
+    log_format: str = "auto"
+    log_level: str = "info"
+    #: pyannote.audio's usage telemetry; off unless the user opts in
+    telemetry: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    daemon: DaemonSettings
+    models: ModelSettings
+    inboxes: tuple[InboxSettings, ...]
+    source: Path | None = None
+    hf_token: str | None = field(default=None, repr=False)
+
+
+def default_ledger_path(env: Mapping[str, str]) -> Path:
+    # systemd's StateDirectory= sets STATE_DIRECTORY; otherwise the XDG state dir. Never on the share:
+    # SQLite's locking is unreliable over SMB/NFS.
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0]) / "ledger.db"
+    base = Path(env["XDG_STATE_HOME"]) if env.get("XDG_STATE_HOME") else Path(env.get("HOME", "/tmp")) / ".local/state"
+    return base / "diarist" / "ledger.db"
+
+
+class _Reader:
+    """Typed access to one TOML table that reports the dotted key and the file on every error."""
+
+    def __init__(self, table: Mapping[str, Any], prefix: str, file: str, allowed: set[str]):
+        self.table, self.prefix, self.file = table, prefix, file
+        unknown = sorted(set(table) - allowed)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+                key=self.key(unknown[0]),
+                file=file,
+            )
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(message, key=self.key(name), file=self.file)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+        if name not in self.table:
+            if required:
+                raise self.fail(name, "is required")
+            return default
+        value = self.table[name]
+        # bool is an int in Python; a number where a flag is expected (or vice versa) is a typo
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(name, f"expected {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(name, f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def number(self, name: str, default: float, minimum: float = 0.0) -> float:
+        value = float(self.get(name, (int, float), default))
+        if value < minimum:
+            raise self.fail(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def choice(self, name: str, enum: type[Enum], default: Enum) -> Any:
+        raw = self.get(name, str, default.value)
+        try:
+            return enum(raw)
+        except ValueError:
+            options = ", ".join(repr(m.value) for m in enum)  # type: ignore[attr-defined]
+            raise self.fail(name, f"must be one of {options}, got {raw!r}") from None
+
+    def count(self, name: str) -> int | None:
+        value = self.get(name, int)
+        if value is not None and value < 1:
+            raise self.fail(name, f"must be a positive integer, got {value}")
+        return value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        list: "a list",
+        dict: "a table",
+    }
+    return " or ".join(dict.fromkeys(names.get(k, k.__name__) for k in kinds))
+
+
+def _path(value: str, base: Path) -> Path:
+    p = Path(os.path.expanduser(value))
+    return (p if p.is_absolute() else base / p).resolve()
+
+
+def _speakers(r: _Reader) -> SpeakerCounts:
+    counts = SpeakerCounts(r.count("num_speakers"), r.count("min_speakers"), r.count("max_speakers"))
+    if counts.min_speakers and counts.max_speakers and counts.min_speakers > counts.max_speakers:
+        raise r.fail("min_speakers", f"is larger than max_speakers ({counts.min_speakers} > {counts.max_speakers})")
+    return counts
+
+
+_INBOX_KEYS = {
+    "path",
+    "outbox",
+    "recursive",
+    "polling",
+    "poll_interval",
+    "stability_seconds",
+    "ignore",
+    "task",
+    "num_speakers",
+    "min_speakers",
+    "max_speakers",
+    "on_success",
+    "user",
+    "route",
+}
+
+
+def _inbox(table: Any, index: int, file: str, base: Path) -> InboxSettings:
+    prefix = f"inbox[{index}]"
+    if not isinstance(table, dict):
+        raise ConfigError("each [[inbox]] must be a table", key=prefix, file=file)
+    r = _Reader(table, prefix, file, _INBOX_KEYS)
+    polling = r.get("polling", (bool, str), "auto")
+    if polling not in (True, False, "auto"):
+        raise r.fail("polling", f'must be "auto", true or false, got {polling!r}')
+    ignore = r.get("ignore", list, [])
+    if not all(isinstance(p, str) for p in ignore):
+        raise r.fail("ignore", "must be a list of glob patterns (strings)")
+    path = _path(r.get("path", str, required=True), base)
+    outbox = _path(r.get("outbox", str, required=True), base)
+    if outbox == path or path in outbox.parents:
+        raise r.fail("outbox", f"must not be inside the inbox {path} (results would be picked up as input)")
+    return InboxSettings(
+        path=path,
+        outbox=outbox,
+        recursive=r.get("recursive", bool, True),
+        polling=polling,
+        poll_interval=r.number("poll_interval", 5.0, minimum=0.1),
+        stability_seconds=r.number("stability_seconds", 5.0),
+        ignore=tuple(ignore),
+        task=r.choice("task", Task, Task.DIARIZATION),
+        speakers=_speakers(r),
+        on_success=r.choice("on_success", OnSuccess, OnSuccess.ARCHIVE),
+        user=r.get("user", str),
+        route=r.choice("route", RouteSetting, RouteSetting.AUTO),
+    )
+
+
+def parse_settings(
+    data: Mapping[str, Any], *, file: str = "<config>", base: Path | None = None, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
+    env = os.environ if env is None else env
+    base = base or Path.cwd()
+    top = _Reader(data, "", file, {"daemon", "models", "inbox"})
+    d = _Reader(
+        top.get("daemon", dict, {}),
+        "daemon",
+        file,
+        {"ledger", "host_id", "rescan_interval", "log_format", "log_level", "telemetry"},
+    )
+    log_format = d.get("log_format", str, "auto")
+    if log_format not in ("auto", "json", "console"):
+        raise d.fail("log_format", f'must be "auto", "json" or "console", got {log_format!r}')
+    ledger = d.get("ledger", str)
+    daemon = DaemonSettings(
+        ledger=_path(ledger, base) if ledger else default_ledger_path(env),
+        host_id=d.get("host_id", str, env.get("DIARIST_HOST_ID") or socket.gethostname()),
+        rescan_interval=d.number("rescan_interval", 60.0, minimum=1.0),
+        log_format=log_format,
+        log_level=d.get("log_level", str, "info"),
+        telemetry=d.get("telemetry", bool, False),
+    )
+    m = _Reader(
+        top.get("models", dict, {}),
+        "models",
+        file,
+        {"pipeline", "device", "clustering_threshold", "segmentation_batch_size", "embedding_batch_size"},
+    )
+    pipeline = m.get("pipeline", str, BUNDLED_PIPELINE)
+    if pipeline.startswith(("/", "./", "../", "~")):
+        pipeline = str(_path(pipeline, base))
+    device = m.get("device", str, "auto")
+    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise m.fail("device", f'must be "auto", "cpu" or "cuda[:N]", got {device!r}')
+    threshold = m.get("clustering_threshold", (int, float))
+    models = ModelSettings(
+        pipeline=pipeline,
+        device=device,
+        clustering_threshold=float(threshold) if threshold is not None else None,
+        segmentation_batch_size=int(m.number("segmentation_batch_size", 32, minimum=1)),
+        embedding_batch_size=int(m.number("embedding_batch_size", 32, minimum=1)),
+    )
+    inboxes = top.get("inbox", list, [])
+    return Settings(
+        daemon=daemon,
+        models=models,
+        inboxes=tuple(_inbox(t, i, file, base) for i, t in enumerate(inboxes)),
+        source=Path(file) if file != "<config>" else None,
+        hf_token=env.get("HF_TOKEN") or None,
+    )
+
+
+def find_config(explicit: Path | None) -> Path | None:
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError(f"config file {explicit} does not exist", hint="pass an existing file to --config")
+        return explicit
+    return next((p for p in DEFAULT_CONFIG_PATHS if p.is_file()), None)
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Load the config file (see module doc for the lookup order); no file gives defaults and no inboxes."""
+    found = find_config(path)
+    if found is None:
+        return parse_settings({}, env=env)
+    try:
+        data = tomllib.loads(found.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"not valid TOML: {e}", file=str(found)) from e
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror}", file=str(found)) from e
+    return parse_settings(data, file=str(found), base=found.resolve().parent, env=env)

@@ -1,0 +1,267 @@
+"""The SQLite ledger: every file diarist has seen, its state, and every result it produced.
+
+States: discovered -> stable -> claimed -> running -> done | failed. Each transition is one transaction
+and appends to ``events``. Results are stored here too, keyed by content hash + task + parameters + model,
+before anything reaches the outbox: after a crash a claimed file whose result is already in the ledger is
+finished by rewriting the outputs, never by running inference again, and a file dropped twice reuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+from diarist.handlers.errors import TransientError
+
+
+class State(str, Enum):
+    DISCOVERED = "discovered"
+    STABLE = "stable"
+    CLAIMED = "claimed"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ACTIVE_STATES = (State.CLAIMED.value, State.RUNNING.value)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    inbox: str
+    rel_path: str
+    state: State
+    sha256: str | None
+    size: int | None
+    claim_path: str | None
+    result_key: str | None
+    reused_from: int | None
+    inference_runs: int
+    error: str | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> FileRow:
+        return cls(
+            id=row["id"],
+            inbox=row["inbox"],
+            rel_path=row["rel_path"],
+            state=State(row["state"]),
+            sha256=row["sha256"],
+            size=row["size"],
+            claim_path=row["claim_path"],
+            result_key=row["result_key"],
+            reused_from=row["reused_from"],
+            inference_runs=row["inference_runs"],
+            error=row["error"],
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+        )
+
+
+class Ledger:
+    """Thread-safe access to the ledger file (one SQLite connection per thread, WAL journal)."""
+
+    def __init__(self, path: Path, clock: Callable[[], float] = time.time):
+        self.path = path
+        self._clock = clock
+        self._local = threading.local()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._create_schema()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=True)
+            except sqlite3.Error as e:
+                raise TransientError(
+                    f"cannot open the ledger {self.path}: {e}", hint="check the state directory's permissions"
+                ) from e
+            conn.execute("PRAGMA busy_timeout = 30000")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite_utils.Database]:
+        db = self.db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            raise TransientError(
+                f"the ledger {self.path} is locked: {e}", hint="another process holds it; diarist retries"
+            ) from e
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db.enable_wal()
+        if "files" not in db.table_names():
+            db["files"].create(
+                {
+                    "id": int,
+                    "inbox": str,
+                    "rel_path": str,
+                    "state": str,
+                    "sha256": str,
+                    "size": int,
+                    "claim_path": str,
+                    "result_key": str,
+                    "reused_from": int,
+                    "inference_runs": int,
+                    "error": str,
+                    "task": str,
+                    "params": str,
+                    "route": str,
+                    "route_reason": str,
+                    "kept_signature": str,
+                    "created_at": float,
+                    "updated_at": float,
+                },
+                pk="id",
+                not_null={"inbox", "rel_path", "state"},
+                defaults={"inference_runs": 0},
+            )
+            db["files"].create_index(["state"])
+            db["files"].create_index(["sha256"])
+            db["files"].create_index(["inbox", "rel_path"])
+        if "events" not in db.table_names():
+            db["events"].create({"id": int, "file_id": int, "state": str, "at": float, "detail": str}, pk="id")
+            db["events"].create_index(["file_id"])
+        if "results" not in db.table_names():
+            db["results"].create({"key": str, "file_id": int, "sha256": str, "doc": str, "created_at": float}, pk="key")
+
+    # -- transitions -------------------------------------------------------------------------------
+
+    def _event(self, db: sqlite_utils.Database, file_id: int, state: State, detail: str | None, now: float) -> None:
+        db["events"].insert({"file_id": file_id, "state": state.value, "at": now, "detail": detail})
+
+    def discover(self, inbox: str, rel_path: str) -> int:
+        """Row for a candidate file; reuses an unclaimed row for the same path (rescans, restarts)."""
+        now = self._clock()
+        with self.transaction() as db:
+            row = next(
+                db.query(
+                    "select id from files where inbox = ? and rel_path = ? and state in ('discovered', 'stable') "
+                    "order by id desc limit 1",
+                    [inbox, rel_path],
+                ),
+                None,
+            )
+            if row:
+                return int(row["id"])
+            file_id = (
+                db["files"]
+                .insert(
+                    {
+                        "inbox": inbox,
+                        "rel_path": rel_path,
+                        "state": State.DISCOVERED.value,
+                        "created_at": now,
+                        "updated_at": now,
+                    }
+                )
+                .last_pk
+            )
+            self._event(db, file_id, State.DISCOVERED, None, now)
+            return int(file_id)
+
+    def transition(self, file_id: int, state: State, *, detail: str | None = None, **fields: Any) -> None:
+        now = self._clock()
+        with self.transaction() as db:
+            updates = {"state": state.value, "updated_at": now, **fields}
+            if state is State.RUNNING:
+                db.execute("update files set inference_runs = inference_runs + 1 where id = ?", [file_id])
+            db["files"].update(file_id, updates)
+            self._event(db, file_id, state, detail, now)
+
+    def set_fields(self, file_id: int, **fields: Any) -> None:
+        with self.transaction() as db:
+            db["files"].update(file_id, {**fields, "updated_at": self._clock()})
+
+    def store_result(self, file_id: int, key: str, sha256: str, doc: dict[str, Any]) -> None:
+        """Keep the result document before the outbox sees it (see module doc)."""
+        now = self._clock()
+        with self.transaction() as db:
+            db["results"].upsert(
+                {"key": key, "file_id": file_id, "sha256": sha256, "doc": json.dumps(doc), "created_at": now}, pk="key"
+            )
+            db["files"].update(file_id, {"result_key": key, "updated_at": now})
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def get(self, file_id: int) -> FileRow:
+        return FileRow.from_row(self.db["files"].get(file_id))
+
+    def result(self, key: str) -> tuple[int, dict[str, Any]] | None:
+        row = next(self.db.query("select file_id, doc from results where key = ?", [key]), None)
+        return (int(row["file_id"]), json.loads(row["doc"])) if row else None
+
+    def active(self) -> list[FileRow]:
+        """Claimed or running files, oldest claim first (the local work queue)."""
+        rows = self.db.query(
+            f"select * from files where state in ({','.join('?' * len(ACTIVE_STATES))}) order by updated_at, id",
+            list(ACTIVE_STATES),
+        )
+        return [FileRow.from_row(r) for r in rows]
+
+    def by_claim_path(self, claim_path: str) -> FileRow | None:
+        row = next(
+            self.db.query("select * from files where claim_path = ? order by id desc limit 1", [claim_path]), None
+        )
+        return FileRow.from_row(row) if row else None
+
+    def is_kept(self, inbox: str, rel_path: str, signature: str) -> bool:
+        """True when this exact file (size + mtime) was processed and left in place (``on_success = "keep"``)."""
+        row = next(
+            self.db.query(
+                "select 1 from files where inbox = ? and rel_path = ? and state = 'done' "
+                "and kept_signature = ? limit 1",
+                [inbox, rel_path, signature],
+            ),
+            None,
+        )
+        return row is not None
+
+    def pending_stable(self) -> list[FileRow]:
+        rows = self.db.query("select * from files where state = 'stable' and claim_path is not null")
+        return [FileRow.from_row(r) for r in rows]
+
+    def recent(self, limit: int = 20) -> list[dict[str, Any]]:
+        return list(
+            self.db.query(
+                "select id, inbox, rel_path, state, sha256, route, error, inference_runs, reused_from, updated_at "
+                "from files order by updated_at desc, id desc limit ?",
+                [limit],
+            )
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in self.db.query("select state, count(*) as n from files group by state")}
+
+    def events(self, file_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query("select state, at, detail from events where file_id = ? order by id", [file_id]))
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None

@@ -1,0 +1,107 @@
+"""Watching inbox folders: native events or polling per inbox, plus full scans (startup and periodic).
+
+Events only say "look at this path"; deciding whether a file is complete is the stability tracker's job.
+On shares, events are lost or never raised for writes from other hosts, so periodic scans are the safety net.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from diarist.daemon.config import InboxSettings
+from diarist.policies.intake import STATE_DIR_NAME
+from diarist.policies.watchmode import WatchMode, choose_watch_mode, parse_mounts
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+OnPath = Callable[[InboxSettings, Path], None]
+
+
+def read_mounts() -> str:
+    try:
+        return Path("/proc/self/mounts").read_text()
+    except OSError:
+        return ""
+
+
+def watch_mode(inbox: InboxSettings, mounts_text: str | None = None) -> WatchMode:
+    mounts = parse_mounts(read_mounts() if mounts_text is None else mounts_text)
+    return choose_watch_mode(str(inbox.path), inbox.polling, mounts)
+
+
+def scan(inbox: InboxSettings) -> Iterator[Path]:
+    """Every regular file under the inbox (top level only unless recursive), skipping hidden folders."""
+    stack = [inbox.path]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                if inbox.recursive and not entry.name.startswith(".") and entry.name != STATE_DIR_NAME:
+                    stack.append(Path(entry.path))
+            else:
+                yield Path(entry.path)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, inbox: InboxSettings, on_path: OnPath):
+        self._inbox = inbox
+        self._on_path = on_path
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if event.event_type in ("opened", "closed_no_write", "deleted"):
+            return
+        raw = event.dest_path if event.event_type == "moved" else event.src_path
+        path = Path(os.fsdecode(raw))
+        if event.is_directory:
+            # a folder moved or copied in as a whole raises no event per file inside it
+            if self._inbox.recursive and event.event_type in ("created", "moved"):
+                for file in scan(InboxSettings(path=path, outbox=self._inbox.outbox, recursive=True)):
+                    self._on_path(self._inbox, file)
+            return
+        self._on_path(self._inbox, path)
+
+
+class InboxWatcher:
+    """One observer per polling inbox (each has its own interval) and one shared native observer."""
+
+    def __init__(self, inboxes: tuple[InboxSettings, ...], on_path: OnPath, mounts_text: str | None = None):
+        self._inboxes = inboxes
+        self._on_path = on_path
+        self.modes = {inbox.path: watch_mode(inbox, mounts_text) for inbox in inboxes}
+        self._observers: list[BaseObserver] = []
+
+    def start(self) -> None:
+        native: BaseObserver | None = None
+        for inbox in self._inboxes:
+            inbox.path.mkdir(parents=True, exist_ok=True)
+            handler = _Handler(inbox, self._on_path)
+            if self.modes[inbox.path].polling:
+                observer: BaseObserver = PollingObserver(timeout=inbox.poll_interval)
+                observer.schedule(handler, str(inbox.path), recursive=inbox.recursive)
+                self._observers.append(observer)
+            else:
+                if native is None:
+                    native = Observer()
+                    self._observers.append(native)
+                native.schedule(handler, str(inbox.path), recursive=inbox.recursive)
+        for observer in self._observers:
+            observer.daemon = True
+            observer.start()
+
+    def alive(self) -> bool:
+        return all(o.is_alive() for o in self._observers)
+
+    def stop(self) -> None:
+        for observer in self._observers:
+            observer.stop()
+        for observer in self._observers:
+            observer.join(timeout=5)
+        self._observers.clear()

@@ -1,0 +1,261 @@
+"""Result documents and their writers: strict RTTM, versioned JSON, status and error sidecars.
+
+Everything a person on the share can see is written atomically (temporary name in the same folder,
+fsync, rename), so the outbox only ever holds complete files or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diarist.handlers.engine import Region, Segment
+
+SCHEMA = "diarist.result/1"
+STATUS_SCHEMA = "diarist.status/1"
+ERROR_SCHEMA = "diarist.error/1"
+# files diarist writes are readable by the team, never world-writable
+FILE_MODE = 0o644
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so readers see the old file, or the new one complete, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some network filesystems refuse fsync on directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def rttm_uri(name: str) -> str:
+    """RTTM fields are space-separated: the uri may not contain whitespace."""
+    return re.sub(r"\s+", "_", name) or "audio"
+
+
+def to_rttm(uri: str, segments: Iterable[Segment]) -> str:
+    uri = rttm_uri(uri)
+    return "".join(
+        f"SPEAKER {uri} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {s.speaker} <NA> <NA>\n" for s in segments
+    )
+
+
+def parse_rttm(text: str) -> tuple[str | None, list[Segment]]:
+    """Parse strict 10-field RTTM; raises ``ValueError`` naming the bad line."""
+    uri = None
+    segments = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 10 or fields[0] != "SPEAKER":
+            raise ValueError(f"RTTM line {number}: expected 10 fields starting with SPEAKER: {line!r}")
+        uri = fields[1]
+        start, duration = float(fields[3]), float(fields[4])
+        segments.append(Segment(round(start, 3), round(start + duration, 3), fields[7]))
+    return uri, segments
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    name: str
+    relative_path: str
+    sha256: str
+    size: int
+    duration: float
+    sample_rate: int
+    channels: int
+
+
+def speaker_totals(segments: Iterable[Segment]) -> list[dict[str, Any]]:
+    totals: dict[str, float] = {}
+    for s in segments:
+        totals[s.speaker] = totals.get(s.speaker, 0.0) + (s.end - s.start)
+    return [{"label": k, "speech_seconds": round(v, 3)} for k, v in sorted(totals.items())]
+
+
+def build_result(
+    *,
+    source: SourceFacts,
+    task: str,
+    engine: dict[str, Any],
+    route: dict[str, Any],
+    timings: dict[str, float],
+    segments: tuple[Segment, ...],
+    exclusive_segments: tuple[Segment, ...],
+    vad: tuple[Region, ...] | None,
+    overlap: tuple[Region, ...] | None,
+    speakers_requested: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """The ``diarist.result/1`` document (see docs/result-schema.md)."""
+    doc: dict[str, Any] = {
+        "schema": SCHEMA,
+        "source": vars(source).copy(),
+        "task": task,
+        "engine": engine,
+        "route": route,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+        "speakers": speaker_totals(segments),
+        "segments": [vars(s).copy() for s in segments],
+        "exclusive_segments": [vars(s).copy() for s in exclusive_segments],
+    }
+    if speakers_requested:
+        doc["speakers_requested"] = dict(speakers_requested)
+    if vad is not None:
+        doc["vad"] = [vars(r).copy() for r in vad]
+    if overlap is not None:
+        doc["overlap"] = [vars(r).copy() for r in overlap]
+    return doc
+
+
+def validate_result(doc: Any) -> dict[str, Any]:
+    """Check a parsed result document's shape; raises ``ValueError`` with the offending field."""
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ValueError(f"not a {SCHEMA} document")
+    for key, kind in (
+        ("source", dict),
+        ("task", str),
+        ("engine", dict),
+        ("route", dict),
+        ("timings", dict),
+        ("speakers", list),
+        ("segments", list),
+        ("exclusive_segments", list),
+    ):
+        if not isinstance(doc.get(key), kind):
+            raise ValueError(f"field {key!r} missing or not a {kind.__name__}")
+    for key in ("name", "relative_path", "sha256", "duration", "sample_rate"):
+        if key not in doc["source"]:
+            raise ValueError(f"field source.{key} missing")
+    for seg in doc["segments"] + doc["exclusive_segments"]:
+        if not (isinstance(seg, dict) and {"start", "end", "speaker"} <= set(seg) and seg["end"] >= seg["start"]):
+            raise ValueError(f"bad segment {seg!r}")
+    return doc
+
+
+def segments_from_result(doc: dict[str, Any]) -> list[Segment]:
+    return [Segment(float(s["start"]), float(s["end"]), str(s["speaker"])) for s in doc["segments"]]
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where the outputs for one input land: the outbox mirrors the inbox's sub-folders."""
+
+    rttm: Path
+    json: Path
+    status: Path
+    error: Path
+
+    @classmethod
+    def for_input(cls, outbox: Path, relative_path: str) -> OutputPaths:
+        rel = Path(relative_path)
+        stem = outbox / rel.parent / rel.stem
+        return cls(
+            rttm=stem.with_name(stem.name + ".rttm"),
+            json=stem.with_name(stem.name + ".json"),
+            status=stem.with_name(stem.name + ".status.json"),
+            error=stem.with_name(stem.name + ".error.json"),
+        )
+
+
+def dumps(doc: dict[str, Any]) -> bytes:
+    return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_result(paths: OutputPaths, doc: dict[str, Any]) -> None:
+    """RTTM first, JSON last: a present JSON means the RTTM beside it is complete too."""
+    uri = doc["source"]["name"].rsplit(".", 1)[0]
+    atomic_write(paths.rttm, to_rttm(uri, segments_from_result(doc)).encode("utf-8"))
+    atomic_write(paths.json, dumps(doc))
+    remove_quietly(paths.status)
+    remove_quietly(paths.error)
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def error_document(
+    *,
+    file: str,
+    kind: str,
+    message: str,
+    hint: str | None,
+    moved_to: str | None,
+    at: str,
+    sha256: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": ERROR_SCHEMA,
+        "file": file,
+        "kind": kind,
+        "error": message,
+        "what_to_do": hint or "check the file and drop it again",
+        "failed_at": at,
+    }
+    if moved_to:
+        doc["input_moved_to"] = moved_to
+    if sha256:
+        doc["sha256"] = sha256
+    if details:
+        doc["details"] = details
+    return doc
+
+
+def status_document(
+    *,
+    file: str,
+    state: str,
+    engine: str | None,
+    progress: float | None,
+    step: str | None,
+    updated_at: str,
+    host: str,
+    note: str | None = None,
+) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "schema": STATUS_SCHEMA,
+        "file": file,
+        "state": state,
+        "engine": engine,
+        "progress": None if progress is None else round(progress, 3),
+        "step": step,
+        "updated_at": updated_at,
+        "host": host,
+    }
+    if note:
+        doc["note"] = note
+    return doc

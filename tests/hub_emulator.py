@@ -1,0 +1,1349 @@
+#!/usr/bin/env python3
+"""Loopback emulator of the Hugging Face Hub endpoints that ``huggingface_hub`` 2.4 uses for Jobs and repos.
+
+Stdlib only. Jobs are executed for real as local subprocesses (see :func:`translate_command`), repos live in
+memory, and fault knobs let tests make any route fail, reset the connection, or make jobs misbehave.
+
+Python::
+
+    with HubEmulator(token="hf_test", namespace="alice") as emu:
+        api = HfApi(endpoint=emu.url, token="hf_test")
+        emu.add_fault(route="jobs.create", status=402)
+
+Standalone::
+
+    python tests/hub_emulator.py --port 0 --token hf_test --namespace alice   # prints the URL when ready
+
+See docs/hub_emulator.md for the route list, the fault format and what is translated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+# Route names usable in HTTP faults ("*" matches every route).
+ROUTES = (
+    "whoami",
+    "hardware",
+    "jobs.create",
+    "jobs.list",
+    "jobs.inspect",
+    "jobs.cancel",
+    "jobs.logs",
+    "repos.create",
+    "repos.delete",
+    "repos.info",
+    "preupload",
+    "commit",
+    "resolve",
+    "tree",
+)
+# Job fault modes: see HubEmulator.add_fault.
+JOB_FAULT_MODES = ("error", "error_after_run", "stay_scheduling", "slow")
+TERMINAL_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
+REPO_TYPES = ("model", "dataset", "space")
+
+# name, pretty name, cpu, ram, ephemeral storage, accelerator (model, quantity, vram) or None, USD per hour.
+# The Hub bills Jobs per minute: the client's JobHardwareInfo reads unitCostUSD/unitCostMicroUSD per unitLabel
+# ("minute"), so the hourly price below is divided by 60 on the wire.
+HARDWARE: tuple[tuple[str, str, str, str, str, tuple[str, str, str] | None, float], ...] = (
+    ("cpu-basic", "CPU Basic", "2 vCPU", "16 GB", "50 GB", None, 0.01),
+    ("cpu-upgrade", "CPU Upgrade", "8 vCPU", "32 GB", "50 GB", None, 0.03),
+    ("t4-small", "Nvidia T4 - small", "4 vCPU", "15 GB", "50 GB", ("T4", "1", "16 GB"), 0.40),
+    ("t4-medium", "Nvidia T4 - medium", "8 vCPU", "30 GB", "100 GB", ("T4", "1", "16 GB"), 0.60),
+    ("l4x1", "1x Nvidia L4", "8 vCPU", "30 GB", "400 GB", ("L4", "1", "24 GB"), 0.80),
+    ("l4x4", "4x Nvidia L4", "48 vCPU", "186 GB", "3200 GB", ("L4", "4", "96 GB"), 3.80),
+    ("a10g-small", "Nvidia A10G - small", "4 vCPU", "15 GB", "110 GB", ("A10G", "1", "24 GB"), 1.00),
+    ("a10g-large", "Nvidia A10G - large", "12 vCPU", "46 GB", "200 GB", ("A10G", "1", "24 GB"), 1.50),
+    ("a10g-largex2", "2x Nvidia A10G - large", "24 vCPU", "92 GB", "1000 GB", ("A10G", "2", "48 GB"), 3.00),
+    ("a100-large", "Nvidia A100 - large", "12 vCPU", "142 GB", "1000 GB", ("A100", "1", "80 GB"), 2.50),
+    ("h100", "Nvidia H100", "23 vCPU", "240 GB", "3000 GB", ("H100", "1", "80 GB"), 4.50),
+    ("h200", "Nvidia H200", "23 vCPU", "256 GB", "3000 GB", ("H200", "1", "141 GB"), 5.00),
+)
+HOURLY_PRICE_USD = {row[0]: row[6] for row in HARDWARE}
+
+_ACCEL_KEYS = ("type", "model", "quantity", "vram", "manufacturer")
+_PYTHON_NAME = re.compile(r"^(?:.*/)?python(?:3(?:\.\d+)?)?$")
+# `uv run` options that take a value (the next argv item) -- everything else starting with "-" is a flag.
+_UV_VALUE_OPTIONS = frozenset(
+    {
+        "--with",
+        "-w",
+        "--with-requirements",
+        "--with-editable",
+        "--python",
+        "-p",
+        "--index",
+        "--index-url",
+        "--extra-index-url",
+        "--default-index",
+        "--find-links",
+        "-f",
+        "--env-file",
+        "--project",
+        "--directory",
+        "--group",
+        "--extra",
+        "--constraints",
+        "--overrides",
+        "--package",
+    }
+)
+_HF_ENV_PREFIXES = ("HF_", "HUGGING_FACE_", "HUGGINGFACE_")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command translation (container image / uv launcher -> local interpreter)
+# ----------------------------------------------------------------------------------------------------
+def translate_command(
+    image: str | None,
+    command: list[str],
+    *,
+    python: str = sys.executable,
+    fetch_script: Callable[[str], str] | None = None,
+) -> list[str]:
+    """Map a Job's container command to a local argv. The image is recorded but ignored: no container runs.
+
+    Rules (first match wins):
+
+    * ``uv run [uv options] TARGET ARGS...`` (what ``run_uv_job`` sends): uv options are dropped (``--with``
+      dependencies must already be importable by ``python``; ``--python 3.12`` is ignored). Then:
+      ``TARGET`` is an ``http(s)://`` URL -> ``[python, fetch_script(URL), ARGS...]`` (the emulator downloads
+      it, from its own memory when the URL points back at the emulator); ``TARGET`` ends in ``.py`` ->
+      ``[python, TARGET, ARGS...]``; ``TARGET`` is ``python``/``python3``/``python3.X`` ->
+      ``[python, ARGS...]``; anything else -> ``[TARGET, ARGS...]``.
+    * ``python``/``python3``/``python3.X`` (optionally with a directory, e.g. ``/usr/bin/python3``) ->
+      ``[python, ARGS...]``.
+    * anything else (``bash -c ...``, ``echo``) runs unchanged on the host.
+    """
+    argv = [str(part) for part in command]
+    if not argv:
+        raise ValueError("the job has an empty command")
+    if argv[0] == "uv" and len(argv) > 1 and argv[1] == "run":
+        i = 2
+        while i < len(argv) and argv[i].startswith("-"):
+            option = argv[i]
+            if option == "--":
+                i += 1
+                break
+            i += 2 if option in _UV_VALUE_OPTIONS else 1  # "--with=x" style needs no extra skip
+        if i >= len(argv):
+            raise ValueError(f"`uv run` without a script or command: {argv}")
+        target, rest = argv[i], argv[i + 1 :]
+        if target.startswith(("http://", "https://")):
+            if fetch_script is None:
+                raise ValueError(f"cannot fetch script URL {target!r} without fetch_script")
+            return [python, fetch_script(target), *rest]
+        if target.endswith(".py"):
+            return [python, target, *rest]
+        if _PYTHON_NAME.match(target):
+            return [python, *rest]
+        return [target, *rest]
+    if _PYTHON_NAME.match(argv[0]):
+        return [python, *argv[1:]]
+    return argv
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git blob id of ``data`` (what the Hub uses as ETag / oid of a regular file)."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+class _HttpError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict | None = None,
+        extra: dict | None = None,
+    ):
+        super().__init__(message)
+        self.status, self.message, self.code, self.headers = status, message, code, headers or {}
+        self.extra = extra or {}
+
+
+@dataclass
+class _Repo:
+    repo_type: str
+    repo_id: str
+    private: bool
+    created_at: float
+    files: dict[str, bytes] = field(default_factory=dict)
+    sha: str = ""
+    history: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    last_modified: float = 0.0
+
+    def url_prefix(self) -> str:
+        return {"model": "", "dataset": "datasets/", "space": "spaces/"}[self.repo_type]
+
+
+@dataclass
+class _Job:
+    id: str
+    namespace: str
+    spec: dict[str, Any]
+    secrets: dict[str, str]
+    fault: dict[str, Any] | None
+    created_at: float
+    stage: str = "SCHEDULING"
+    message: str | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    logs: list[dict[str, str]] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    argv: list[str] | None = None
+    workdir: str | None = None
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    done_event: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Request:
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: Any
+    body: bytes
+    params: dict[str, str]
+    handler: _Handler
+
+    @property
+    def token(self) -> str | None:
+        auth = self.headers.get("Authorization") or ""
+        return auth[7:].strip() if auth.lower().startswith("bearer ") else None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body or b"{}")
+        except ValueError as exc:
+            raise _HttpError(400, f"Invalid JSON body: {exc}", "BadRequest") from exc
+
+
+@dataclass
+class _Reply:
+    status: int = 200
+    body: Any = None  # bytes, or anything JSON-serialisable
+    headers: dict[str, str] = field(default_factory=dict)
+    head_only: bool = False
+
+
+_REPO_API = r"/api/(?P<rtype>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
+_RESOLVE = (
+    r"^/(?P<prefix>datasets/|spaces/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
+)
+_PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
+    (method, route, re.compile(pattern + r"/?$"))
+    for method, route, pattern in (
+        ("GET", "whoami", r"^/api/whoami-v2"),
+        ("GET", "hardware", r"^/api/jobs/hardware"),
+        ("POST", "jobs.create", r"^/api/jobs/(?P<ns>[^/]+)"),
+        ("GET", "jobs.list", r"^/api/jobs/(?P<ns>[^/]+)"),
+        ("GET", "jobs.inspect", r"^/api/jobs/(?P<ns>[^/]+)/(?P<job>[^/]+)"),
+        ("POST", "jobs.cancel", r"^/api/jobs/(?P<ns>[^/]+)/(?P<job>[^/]+)/cancel"),
+        ("GET", "jobs.logs", r"^/api/jobs/(?P<ns>[^/]+)/(?P<job>[^/]+)/logs"),
+        ("POST", "repos.create", r"^/api/repos/create"),
+        ("DELETE", "repos.delete", r"^/api/repos/delete"),
+        ("POST", "preupload", "^" + _REPO_API + r"/preupload/(?P<rev>[^/]+)"),
+        ("POST", "commit", "^" + _REPO_API + r"/commit/(?P<rev>[^/]+)"),
+        ("GET", "tree", "^" + _REPO_API + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.+?))?"),
+        ("GET", "repos.info", "^" + _REPO_API + r"(?:/revision/(?P<rev>[^/]+))?"),
+        ("GET", "resolve", _RESOLVE),
+        ("HEAD", "resolve", _RESOLVE),
+    )
+)
+
+
+def classify(method: str, path: str) -> tuple[str | None, dict[str, str]]:
+    """Return ``(route name, path params)`` for a request, or ``(None, {})`` for unknown endpoints."""
+    for pat_method, route, pattern in _PATTERNS:
+        if pat_method != method:
+            continue
+        match = pattern.match(path)
+        if match:
+            params = {k: urllib.parse.unquote(v) for k, v in match.groupdict().items() if v is not None}
+            return route, params
+    return None, {}
+
+
+# ----------------------------------------------------------------------------------------------------
+# HTTP plumbing
+# ----------------------------------------------------------------------------------------------------
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 128
+    emulator: HubEmulator
+
+    def handle_error(self, request, client_address):  # noqa: D401 - silence disconnects from clients
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "HubEmulator/1.0"
+    _status: int = 0
+    _record: dict[str, Any] | None = None
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        if self.server.emulator.verbose:
+            sys.stderr.write(f"[hub-emulator] {self.address_string()} {format % args}\n")
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._status = code
+        if self._record is not None:  # recorded before the client can see the answer
+            self._record["status"] = code
+        super().send_response(code, message)
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.server.emulator._dispatch(self, "GET")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self.server.emulator._dispatch(self, "HEAD")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.server.emulator._dispatch(self, "POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self.server.emulator._dispatch(self, "PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self.server.emulator._dispatch(self, "DELETE")
+
+    def read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def reset_connection(self) -> None:
+        """Close the socket with an RST and without any answer."""
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+        self.close_connection = True
+        self.connection.close()
+
+    def write_reply(self, reply: _Reply) -> None:
+        body = reply.body
+        if body is None:
+            payload = b""
+        elif isinstance(body, bytes):
+            payload = body
+        else:
+            payload = json.dumps(body).encode()
+            reply.headers.setdefault("Content-Type", "application/json; charset=utf-8")
+        self.send_response(reply.status)
+        headers = {"X-Request-Id": uuid.uuid4().hex, **reply.headers}
+        headers.setdefault("Content-Length", str(len(payload)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if payload and not reply.head_only and self.command != "HEAD":
+            self.wfile.write(payload)
+
+
+def _error_reply(err: _HttpError) -> _Reply:
+    headers = {"X-Error-Message": err.message, **err.headers}
+    if err.code:
+        headers["X-Error-Code"] = err.code
+    return _Reply(err.status, {"error": err.message, **err.extra}, headers)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The emulator
+# ----------------------------------------------------------------------------------------------------
+class HubEmulator:
+    """In-memory Hub on loopback. ``start()``/``stop()`` or use as a context manager; ``url`` once started."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        token: str = "hf_test",
+        namespace: str = "alice",
+        *,
+        host: str = "127.0.0.1",
+        orgs: list[str] | tuple[str, ...] = (),
+        python: str = sys.executable,
+        scheduling_delay: float = 0.0,
+        keepalive: float = 15.0,
+        kill_grace: float = 1.0,
+        faults: list[dict[str, Any]] | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self.host, self.port = host, port
+        self.token, self.namespace, self.orgs = token, namespace, list(orgs)
+        self.python = python
+        self.scheduling_delay = scheduling_delay
+        self.keepalive = keepalive
+        self.kill_grace = kill_grace
+        self.verbose = verbose
+        self._cond = threading.Condition(threading.RLock())
+        self._jobs: dict[str, _Job] = {}
+        self._repos: dict[tuple[str, str], _Repo] = {}
+        self._http_faults: list[dict[str, Any]] = []
+        self._job_faults: list[dict[str, Any]] = []
+        self._requests: list[dict[str, Any]] = []
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._root: str | None = None
+        self._counter = 0
+        for spec in faults or []:
+            self.add_fault(spec)
+
+    # ---- lifecycle ------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("HubEmulator is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    def start(self) -> HubEmulator:
+        self._stopping = False
+        self._root = tempfile.mkdtemp(prefix="hub-emulator-")
+        self._server = _Server((self.host, self.port), _Handler)
+        self._server.emulator = self
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), name="hub-emulator", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Kill every job's process group, end log streams, close the server and delete job workdirs."""
+        with self._cond:
+            self._stopping = True
+            jobs = list(self._jobs.values())
+            self._cond.notify_all()
+        for job in jobs:
+            job.cancel_event.set()
+            self._kill_job_process(job, grace=0.0)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._root:
+            shutil.rmtree(self._root, ignore_errors=True)
+            self._root = None
+
+    def __enter__(self) -> HubEmulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- public inspection API ------------------------------------------------------------------------
+    @property
+    def jobs(self) -> dict[str, dict[str, Any]]:
+        """Snapshot: job id -> public JobInfo JSON plus an ``emulator`` dict (pid, exit_code, argv, logs)."""
+        with self._cond:
+            return {job.id: self._job_state(job) for job in self._jobs.values()}
+
+    def job_logs(self, job_id: str) -> list[str]:
+        with self._cond:
+            return [event["data"] for event in self._jobs[job_id].logs]
+
+    def wait_job(self, job_id: str, stages: tuple[str, ...] = TERMINAL_STAGES, timeout: float = 10.0) -> dict:
+        """Block until the job reaches one of ``stages``; return its snapshot (TimeoutError otherwise)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._jobs[job_id].stage not in stages:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"job {job_id} still {self._jobs[job_id].stage}")
+                self._cond.wait(remaining)
+            return self._job_state(self._jobs[job_id])
+
+    def repo_files(self, repo_id: str, repo_type: str = "dataset") -> dict[str, bytes]:
+        """Current files of a repo at its head (path -> bytes); KeyError if the repo does not exist."""
+        with self._cond:
+            return dict(self._repos[(repo_type, repo_id)].files)
+
+    def add_repo(
+        self,
+        repo_id: str,
+        *,
+        repo_type: str = "dataset",
+        private: bool = False,
+        files: dict[str, bytes | str] | None = None,
+    ) -> None:
+        """Create (or overwrite files of) a repo directly, e.g. to seed scripts or inputs."""
+        with self._cond:
+            repo = self._repos.get((repo_type, repo_id)) or self._new_repo(repo_type, repo_id, private)
+            new_files = dict(repo.files)
+            for path, data in (files or {}).items():
+                new_files[path] = data.encode() if isinstance(data, str) else data
+            self._commit_files(repo, new_files)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        """Requests seen so far: method, path, route, status (0 when the connection was reset)."""
+        with self._cond:
+            return [dict(r) for r in self._requests]
+
+    # ---- faults ---------------------------------------------------------------------------------------
+    def add_fault(self, spec: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """Register one fault; same format as ``POST /_emulator/faults``.
+
+        HTTP fault: ``{"route": "jobs.create", "status": 402, "times": 1, "retry_after": 5, "message": "...",
+        "code": "X-Error-Code value", "reset": false, "delay": 0.0}``. ``route`` is one of :data:`ROUTES` or
+        ``"*"``; at least one of ``status`` / ``reset`` / ``delay`` is required; ``delay`` sleeps before
+        answering (alone it only slows the route down). ``times`` defaults to 1; ``-1`` (or ``null``) means
+        forever.
+
+        Job fault (applies to the next ``times`` created jobs, optionally only those whose labels include
+        ``labels``): ``{"job": "error", "message": "..."}`` (ERROR without running),
+        ``{"job": "error_after_run", "message": "..."}`` (runs, then ERROR whatever the exit code),
+        ``{"job": "stay_scheduling"}`` (SCHEDULING until canceled), ``{"job": "slow", "start_delay": 2.0,
+        "finish_delay": 1.0}`` (extra seconds in SCHEDULING / in RUNNING after the process exits).
+        """
+        spec = {**(spec or {}), **kwargs}
+        times = spec.get("times", 1)
+        times = -1 if times is None else int(times)
+        if times == 0 or times < -1:
+            raise ValueError("times must be a positive integer or -1 (forever)")
+        spec["times"] = times
+        if "job" in spec:
+            if spec["job"] not in JOB_FAULT_MODES:
+                raise ValueError(f"unknown job fault {spec['job']!r}; expected one of {JOB_FAULT_MODES}")
+            unknown = set(spec) - {"job", "times", "message", "start_delay", "finish_delay", "labels"}
+            if unknown:
+                raise ValueError(f"unknown job fault keys: {sorted(unknown)}")
+            if spec["job"] == "slow":
+                spec.setdefault("start_delay", 2.0)
+                spec.setdefault("finish_delay", 0.0)
+            with self._cond:
+                self._job_faults.append(spec)
+            return dict(spec)
+        route = spec.get("route")
+        if route != "*" and route not in ROUTES:
+            raise ValueError(f"unknown route {route!r}; expected one of {ROUTES} or '*'")
+        unknown = set(spec) - {"route", "status", "times", "retry_after", "message", "code", "reset", "delay"}
+        if unknown:
+            raise ValueError(f"unknown HTTP fault keys: {sorted(unknown)}")
+        if spec.get("status") is None and not spec.get("reset") and not spec.get("delay"):
+            raise ValueError("an HTTP fault needs 'status', 'reset' or 'delay'")
+        with self._cond:
+            self._http_faults.append(spec)
+        return dict(spec)
+
+    def clear_faults(self) -> None:
+        with self._cond:
+            self._http_faults.clear()
+            self._job_faults.clear()
+
+    @property
+    def faults(self) -> list[dict[str, Any]]:
+        """Active faults (with the remaining ``times``)."""
+        with self._cond:
+            return [dict(f) for f in self._http_faults + self._job_faults]
+
+    def _consume(self, faults: list[dict[str, Any]], predicate: Callable[[dict], bool]) -> dict | None:
+        for fault in faults:
+            if predicate(fault):
+                if fault["times"] > 0:
+                    fault["times"] -= 1
+                    if fault["times"] == 0:
+                        faults.remove(fault)
+                return dict(fault)
+        return None
+
+    # ---- state ----------------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """What ``GET /_emulator/state`` returns."""
+        with self._cond:
+            return {
+                "url": self.url,
+                "namespace": self.namespace,
+                "orgs": list(self.orgs),
+                "jobs": [self._job_state(job) for job in self._jobs.values()],
+                "repos": [
+                    {
+                        "type": repo.repo_type,
+                        "id": repo.repo_id,
+                        "private": repo.private,
+                        "sha": repo.sha,
+                        "files": {path: len(data) for path, data in sorted(repo.files.items())},
+                    }
+                    for repo in self._repos.values()
+                ],
+                "faults": self.faults,
+                "requests": self.requests,
+            }
+
+    def _job_state(self, job: _Job) -> dict[str, Any]:
+        info = self._job_json(job)
+        info["emulator"] = {
+            "pid": job.pid,
+            "exit_code": job.exit_code,
+            "argv": job.argv,
+            "workdir": job.workdir,
+            "fault": job.fault,
+            "logs": [event["data"] for event in job.logs],
+        }
+        return info
+
+    # ---- dispatch -------------------------------------------------------------------------------------
+    def _dispatch(self, handler: _Handler, method: str) -> None:
+        split = urllib.parse.urlsplit(handler.path)
+        path = split.path
+        query = urllib.parse.parse_qsl(split.query, keep_blank_values=True)
+        try:
+            body = handler.read_body() if method in ("POST", "PUT", "DELETE") else b""
+        except (OSError, ValueError):
+            handler.close_connection = True
+            return
+        if path.startswith("/_emulator/"):
+            reply = self._control(method, path, body)
+            handler.write_reply(reply)
+            return
+        route, params = classify(method, path)
+        with self._cond:
+            fault = self._consume(self._http_faults, lambda f: f["route"] in ("*", route))
+        record = {"method": method, "path": path, "route": route, "status": 0}
+        handler._record = record
+        with self._cond:
+            self._requests.append(record)
+            del self._requests[:-1000]
+        try:
+            if fault and fault.get("delay"):
+                time.sleep(float(fault["delay"]))
+            if fault and fault.get("reset"):
+                handler.reset_connection()
+                return
+            if fault and fault.get("status") is not None:
+                status = int(fault["status"])
+                headers = {}
+                if fault.get("retry_after") is not None:
+                    headers["Retry-After"] = str(fault["retry_after"])
+                message = fault.get("message") or f"Emulated fault: HTTP {status} on route {route}"
+                err = _HttpError(status, message, fault.get("code", "EmulatedFault"), headers)
+                handler.write_reply(_error_reply(err))
+                return
+            request = _Request(method, path, query, handler.headers, body, params, handler)
+            try:
+                if route is None:
+                    raise _HttpError(404, "Sorry, we can't find the page you are looking for.", "NotFound")
+                self._check_token(request)
+                reply = getattr(self, "_route_" + route.replace(".", "_"))(request)
+            except _HttpError as err:
+                reply = _error_reply(err)
+            except (ConnectionError, BrokenPipeError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - an emulator bug must not look like a network failure
+                traceback.print_exc()
+                reply = _error_reply(
+                    _HttpError(500, f"hub emulator internal error: {exc!r}", "InternalError")
+                )
+            if reply is not None:  # None: the route already streamed its answer
+                handler.write_reply(reply)
+        except (ConnectionError, BrokenPipeError):
+            handler.close_connection = True
+
+    def _control(self, method: str, path: str, body: bytes) -> _Reply:
+        try:
+            if path.rstrip("/") == "/_emulator/state" and method == "GET":
+                return _Reply(200, self.state())
+            if path.rstrip("/") == "/_emulator/faults":
+                if method == "GET":
+                    return _Reply(200, {"faults": self.faults})
+                if method == "DELETE":
+                    self.clear_faults()
+                    return _Reply(200, {"faults": []})
+                if method == "POST":
+                    data = json.loads(body or b"[]")
+                    if isinstance(data, dict) and data.get("clear"):
+                        self.clear_faults()
+                        data = data.get("faults", [])
+                    for spec in [data] if isinstance(data, dict) else data:
+                        self.add_fault(spec)
+                    return _Reply(200, {"faults": self.faults})
+        except (ValueError, TypeError) as exc:
+            return _error_reply(_HttpError(400, str(exc), "BadRequest"))
+        return _error_reply(_HttpError(404, f"unknown control endpoint {method} {path}", "NotFound"))
+
+    # ---- auth -----------------------------------------------------------------------------------------
+    def _check_token(self, req: _Request) -> None:
+        """An unknown token is rejected everywhere; a missing one only where auth is required."""
+        if req.token is not None and req.token != self.token:
+            raise _HttpError(401, "Invalid credentials in Authorization header", "Unauthorized")
+
+    def _require_auth(self, req: _Request) -> None:
+        if req.token != self.token:
+            raise _HttpError(401, "Invalid credentials in Authorization header", "Unauthorized")
+
+    def _require_namespace(self, ns: str) -> None:
+        if ns != self.namespace and ns not in self.orgs:
+            raise _HttpError(403, f"You don't have the rights to use the namespace '{ns}'", "Forbidden")
+
+    def _user_id(self, name: str) -> str:
+        return hashlib.sha1(name.encode()).hexdigest()[:24]
+
+    # ---- routes: account / hardware -------------------------------------------------------------------
+    def _route_whoami(self, req: _Request) -> _Reply:
+        self._require_auth(req)
+        return _Reply(
+            200,
+            {
+                "type": "user",
+                "id": self._user_id(self.namespace),
+                "name": self.namespace,
+                "fullname": self.namespace.title(),
+                "email": f"{self.namespace}@example.invalid",
+                "emailVerified": True,
+                "canPay": True,
+                "isPro": False,
+                "periodEnd": None,
+                "avatarUrl": "",
+                "orgs": [
+                    {"type": "org", "name": org, "fullname": org, "id": self._user_id(org)}
+                    for org in self.orgs
+                ],
+                "auth": {
+                    "type": "access_token",
+                    "accessToken": {"displayName": "hub-emulator", "role": "write", "createdAt": _iso(0)},
+                },
+            },
+        )
+
+    def _route_hardware(self, req: _Request) -> _Reply:
+        entries = []
+        for name, pretty, cpu, ram, storage, accel, per_hour in HARDWARE:
+            per_minute = per_hour / 60
+            entries.append(
+                {
+                    "name": name,
+                    "prettyName": pretty,
+                    "cpu": cpu,
+                    "ram": ram,
+                    "ephemeralStorage": storage,
+                    "accelerator": None
+                    if accel is None
+                    else dict(zip(_ACCEL_KEYS, ("gpu", *accel, "Nvidia"), strict=True)),
+                    "unitCostMicroUSD": round(per_minute * 1_000_000),
+                    "unitCostUSD": round(per_minute, 6),
+                    "unitLabel": "minute",
+                }
+            )
+        return _Reply(200, entries)
+
+    # ---- routes: jobs ---------------------------------------------------------------------------------
+    def _get_job(self, req: _Request) -> _Job:
+        self._require_auth(req)
+        job = self._jobs.get(req.params["job"])
+        if job is None or job.namespace != req.params["ns"]:
+            raise _HttpError(404, f"Job {req.params['job']} not found", "JobNotFound")
+        return job
+
+    def _job_json(self, job: _Job) -> dict[str, Any]:
+        now = time.time()
+        end = job.finished_at or now
+        spec = job.spec
+        info: dict[str, Any] = {
+            "id": job.id,
+            "createdAt": _iso(job.created_at),
+            "startedAt": _iso(job.started_at),
+            "finishedAt": _iso(job.finished_at),
+            "command": spec.get("command"),
+            "arguments": spec.get("arguments", []),
+            "environment": dict(spec.get("environment") or {}),
+            # Secret values never leave the emulator: names only, values masked.
+            "secrets": {name: "***" for name in job.secrets},
+            "flavor": spec.get("flavor"),
+            "labels": dict(spec.get("labels") or {}) or None,
+            "status": {"stage": job.stage, "message": job.message},
+            "durations": {
+                "schedulingSecs": int((job.started_at or end) - job.created_at) if job.started_at else None,
+                "runningSecs": int(end - job.started_at) if job.started_at else None,
+                "totalSecs": int(end - job.created_at),
+            },
+            "owner": {"id": self._user_id(job.namespace), "name": job.namespace, "type": "user"},
+            "initiator": {"type": "user", "id": self._user_id(self.namespace), "name": self.namespace},
+        }
+        if "spaceId" in spec:
+            info["spaceId"] = spec["spaceId"]
+        else:
+            info["dockerImage"] = spec.get("dockerImage")
+        for key in ("timeoutSeconds", "volumes", "expose", "network"):
+            if key in spec:
+                info[key] = spec[key]
+        if "attempts" in spec:
+            info["retry"] = max(int(spec["attempts"]) - 1, 0)
+        return info
+
+    def _route_jobs_create(self, req: _Request) -> _Reply:
+        self._require_auth(req)
+        ns = req.params["ns"]
+        self._require_namespace(ns)
+        spec = req.json()
+        command = spec.get("command")
+        if not isinstance(command, list) or not command or not all(isinstance(c, str) for c in command):
+            raise _HttpError(400, "command must be a non-empty list of strings", "BadRequest")
+        if not spec.get("dockerImage") and not spec.get("spaceId"):
+            raise _HttpError(400, "dockerImage or spaceId is required", "BadRequest")
+        flavor = spec.get("flavor") or "cpu-basic"
+        if flavor not in HOURLY_PRICE_USD:
+            expected = ", ".join(HOURLY_PRICE_USD)
+            raise _HttpError(400, f"Invalid flavor '{flavor}': expected one of {expected}", "BadRequest")
+        spec["flavor"] = flavor
+        spec["environment"] = {str(k): str(v) for k, v in (spec.get("environment") or {}).items()}
+        secrets = {str(k): str(v) for k, v in (spec.pop("secrets", None) or {}).items()}
+        labels = spec.get("labels") or {}
+        with self._cond:
+            self._counter += 1
+            job_id = hashlib.sha1(f"{time.time_ns()}-{self._counter}".encode()).hexdigest()[:24]
+            fault = self._consume(
+                self._job_faults,
+                lambda f: all(labels.get(k) == v for k, v in (f.get("labels") or {}).items()),
+            )
+            job = _Job(job_id, ns, spec, secrets, fault, created_at=time.time())
+            self._jobs[job_id] = job
+            info = self._job_json(job)
+        threading.Thread(target=self._run_job, args=(job,), name=f"job-{job_id}", daemon=True).start()
+        return _Reply(200, info)
+
+    def _route_jobs_list(self, req: _Request) -> _Reply:
+        self._require_auth(req)
+        ns = req.params["ns"]
+        self._require_namespace(ns)
+        stages = {v.upper() for k, v in req.query if k == "stage"}
+        label_filters = [v for k, v in req.query if k == "label"]
+        with self._cond:
+            jobs = sorted(
+                (j for j in self._jobs.values() if j.namespace == ns),
+                key=lambda j: j.created_at,
+                reverse=True,
+            )
+            result = []
+            for job in jobs:
+                if stages and job.stage not in stages:
+                    continue
+                labels = job.spec.get("labels") or {}
+                ok = True
+                for flt in label_filters:
+                    key, sep, value = flt.partition("=")
+                    ok = ok and (labels.get(key) == value if sep else key in labels)
+                if ok:
+                    result.append(self._job_json(job))
+        return _Reply(200, result)
+
+    def _route_jobs_inspect(self, req: _Request) -> _Reply:
+        with self._cond:
+            return _Reply(200, self._job_json(self._get_job(req)))
+
+    def _route_jobs_cancel(self, req: _Request) -> _Reply:
+        with self._cond:
+            job = self._get_job(req)
+            if job.stage not in TERMINAL_STAGES:
+                self._finish(job, "CANCELED", "Job canceled by user")
+            job.cancel_event.set()
+        self._kill_job_process(job, grace=self.kill_grace)
+        with self._cond:
+            return _Reply(200, self._job_json(job))
+
+    def _route_jobs_logs(self, req: _Request) -> _Reply | None:
+        with self._cond:
+            job = self._get_job(req)
+            tail = dict(req.query).get("tail")
+            idx = max(len(job.logs) - int(tail), 0) if tail and tail.isdigit() else 0
+        handler = req.handler
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Cache-Control", "no-cache")
+        handler.send_header("X-Request-Id", uuid.uuid4().hex)
+        handler.end_headers()
+        while True:
+            with self._cond:
+                self._cond.wait_for(
+                    lambda i=idx: i < len(job.logs) or job.stage in TERMINAL_STAGES or self._stopping,
+                    timeout=self.keepalive,
+                )
+                batch = job.logs[idx:]
+                idx += len(batch)
+                done = job.stage in TERMINAL_STAGES or self._stopping
+            chunk = b"".join(b"data: " + json.dumps(event).encode() + b"\n\n" for event in batch)
+            if not batch and not done:
+                chunk = b": keep-alive\n\n"
+            if chunk:
+                handler.wfile.write(chunk)
+            if done:
+                return None
+
+    # ---- job execution --------------------------------------------------------------------------------
+    def _log(self, job: _Job, line: str) -> None:
+        with self._cond:
+            job.logs.append({"data": line, "timestamp": _iso(time.time())})
+            self._cond.notify_all()
+
+    def _finish(self, job: _Job, stage: str, message: str | None) -> None:
+        with self._cond:
+            if job.stage in TERMINAL_STAGES:
+                return
+            job.stage, job.message, job.finished_at = stage, message, time.time()
+            self._cond.notify_all()
+
+    def _job_env(self, job: _Job) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(_HF_ENV_PREFIXES)}
+        env["PATH"] = os.path.dirname(self.python) + os.pathsep + env.get("PATH", "")
+        env["HF_HOME"] = os.path.join(job.workdir or ".", ".cache", "huggingface")
+        env["HF_HUB_DISABLE_TELEMETRY"] = "1"
+        env["PYTHONUNBUFFERED"] = "1"
+        env.update(job.spec.get("environment") or {})
+        env.update(job.secrets)
+        env["HF_ENDPOINT"] = self.url
+        env["JOB_ID"] = job.id
+        return env
+
+    def _fetch_script(self, url: str, workdir: str) -> str:
+        name = os.path.basename(urllib.parse.urlsplit(url).path) or "script.py"
+        data = None
+        if url.startswith(self.url + "/"):
+            route, params = classify("GET", urllib.parse.urlsplit(url).path)
+            if route == "resolve":
+                rtype = {"datasets/": "dataset", "spaces/": "space"}.get(params.get("prefix", ""), "model")
+                with self._cond:
+                    repo = self._repos.get((rtype, f"{params['ns']}/{params['name']}"))
+                    files = self._files_at(repo, params["rev"]) if repo else None
+                    data = files.get(params["path"]) if files else None
+                if data is None:
+                    raise ValueError(f"script not found in the emulator: {url}")
+        if data is None:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - test helper
+                data = resp.read()
+        dest = os.path.join(workdir, name)
+        with open(dest, "wb") as fh:
+            fh.write(data)
+        return dest
+
+    def _run_job(self, job: _Job) -> None:
+        fault = job.fault or {}
+        mode = fault.get("job")
+        try:
+            if mode == "stay_scheduling":
+                job.cancel_event.wait()
+                return
+            delay = self.scheduling_delay + (float(fault.get("start_delay", 0)) if mode == "slow" else 0.0)
+            if job.cancel_event.wait(delay) or self._stopping:
+                return
+            if mode == "error":
+                self._finish(job, "ERROR", fault.get("message") or "Emulated failure before the job started")
+                return
+            workdir = tempfile.mkdtemp(prefix=f"job-{job.id}-", dir=self._root)
+            job.workdir = workdir
+            try:
+                argv = translate_command(
+                    job.spec.get("dockerImage") or job.spec.get("spaceId"),
+                    list(job.spec["command"]) + list(job.spec.get("arguments") or []),
+                    python=self.python,
+                    fetch_script=lambda url: self._fetch_script(url, workdir),
+                )
+            except Exception as exc:  # noqa: BLE001 - any failure becomes the job's ERROR message
+                self._finish(job, "ERROR", f"Could not prepare the job command: {exc}")
+                return
+            with self._cond:
+                if job.stage in TERMINAL_STAGES or self._stopping:
+                    return
+                job.argv = argv
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        cwd=workdir,
+                        env=self._job_env(job),
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    )
+                except OSError as exc:
+                    self._finish(job, "ERROR", f"Could not start the job command {argv[0]!r}: {exc}")
+                    return
+                job.proc, job.pid = proc, proc.pid
+                job.stage, job.started_at = "RUNNING", time.time()
+                self._log(job, f"===== Job started at {datetime.now(UTC):%Y-%m-%d %H:%M:%S} =====")
+            reader = threading.Thread(target=self._pump_output, args=(job, proc), daemon=True)
+            reader.start()
+            timeout = job.spec.get("timeoutSeconds")
+            timed_out = False
+            try:
+                proc.wait(timeout=float(timeout) if timeout else None)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                self._signal_group(proc, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=self.kill_grace)
+                except subprocess.TimeoutExpired:
+                    self._signal_group(proc, signal.SIGKILL)
+                    proc.wait()
+            # A container dies with its main process: so do the leftovers of the process group.
+            self._signal_group(proc, signal.SIGKILL)
+            reader.join(timeout=5)
+            job.exit_code = proc.returncode
+            job.done_event.set()
+            with self._cond:
+                self._cond.notify_all()
+            if mode == "slow" and float(fault.get("finish_delay", 0)) > 0:
+                job.cancel_event.wait(float(fault["finish_delay"]))
+            rc = proc.returncode
+            if timed_out:
+                self._finish(job, "ERROR", f"Job timed out after {timeout} seconds")
+            elif mode == "error_after_run":
+                message = fault.get("message") or f"Emulated failure after the job ran (exit code {rc})"
+                self._finish(job, "ERROR", message)
+            elif rc == 0:
+                self._finish(job, "COMPLETED", None)
+            else:
+                self._finish(job, "ERROR", f"Job failed with exit code {rc}")
+        finally:
+            job.done_event.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    def _pump_output(self, job: _Job, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            self._log(job, raw.decode("utf-8", "replace").rstrip("\r\n"))
+        proc.stdout.close()
+
+    @staticmethod
+    def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _kill_job_process(self, job: _Job, grace: float) -> None:
+        """SIGTERM the job's process group, SIGKILL after ``grace`` seconds, wait until it is reaped."""
+        proc = job.proc
+        if proc is None or job.done_event.is_set():
+            return
+        self._signal_group(proc, signal.SIGTERM)
+        if not job.done_event.wait(grace):
+            self._signal_group(proc, signal.SIGKILL)
+            job.done_event.wait(5)
+
+    # ---- routes: repos --------------------------------------------------------------------------------
+    def _new_repo(self, repo_type: str, repo_id: str, private: bool) -> _Repo:
+        repo = _Repo(repo_type=repo_type, repo_id=repo_id, private=private, created_at=time.time())
+        self._repos[(repo_type, repo_id)] = repo
+        self._commit_files(repo, {".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n"})
+        return repo
+
+    def _commit_files(self, repo: _Repo, files: dict[str, bytes]) -> str:
+        self._counter += 1
+        sha = hashlib.sha1(f"{repo.repo_id}-{repo.sha}-{time.time_ns()}-{self._counter}".encode()).hexdigest()
+        repo.files, repo.sha, repo.last_modified = files, sha, time.time()
+        repo.history[sha] = files
+        return sha
+
+    def _repo_url(self, repo: _Repo) -> str:
+        return f"{self.url}/{repo.url_prefix()}{repo.repo_id}"
+
+    def _get_repo(self, req: _Request, rtype: str, ns: str, name: str, *, write: bool = False) -> _Repo:
+        repo = self._repos.get((rtype, f"{ns}/{name}"))
+        authed = req.token == self.token and (ns == self.namespace or ns in self.orgs)
+        if repo is None or (repo.private and not authed):
+            status = 401 if repo is not None and req.token is None else 404
+            raise _HttpError(status, "Repository not found", "RepoNotFound")
+        if write and not authed:
+            raise _HttpError(403, "You don't have the rights to write to this repository", "Forbidden")
+        return repo
+
+    @staticmethod
+    def _rtype(req: _Request) -> str:
+        return req.params["rtype"][:-1]
+
+    def _files_at(self, repo: _Repo, rev: str) -> dict[str, bytes]:
+        if rev == "main" or rev == repo.sha:
+            return repo.files
+        if rev in repo.history:
+            return repo.history[rev]
+        raise _HttpError(404, f"Invalid rev id: {rev}", "RevisionNotFound", {"X-Repo-Commit": repo.sha})
+
+    def _route_repos_create(self, req: _Request) -> _Reply:
+        self._require_auth(req)
+        payload = req.json()
+        name, ns = payload.get("name"), payload.get("organization") or self.namespace
+        rtype = payload.get("type") or "model"
+        if not name or rtype not in REPO_TYPES:
+            raise _HttpError(400, "Invalid repo name or type", "BadRequest")
+        self._require_namespace(ns)
+        visibility = payload.get("visibility")
+        private = (
+            bool(payload.get("private")) if visibility is None else visibility in ("private", "protected")
+        )
+        with self._cond:
+            if (rtype, f"{ns}/{name}") in self._repos:
+                # The Hub's 409 carries the repo url: create_repo(exist_ok=True) reads it.
+                existing = self._repos[(rtype, f"{ns}/{name}")]
+                url = self._repo_url(existing)
+                raise _HttpError(
+                    409, f"You already created this {rtype} repo", "RepoExists", extra={"url": url}
+                )
+            repo = self._new_repo(rtype, f"{ns}/{name}", private)
+            return _Reply(200, {"url": self._repo_url(repo), "name": repo.repo_id, "id": repo.sha[:24]})
+
+    def _route_repos_delete(self, req: _Request) -> _Reply:
+        self._require_auth(req)
+        payload = req.json()
+        ns = payload.get("organization") or self.namespace
+        key = (payload.get("type") or "model", f"{ns}/{payload.get('name')}")
+        with self._cond:
+            if key not in self._repos:
+                raise _HttpError(404, "Repository not found", "RepoNotFound")
+            del self._repos[key]
+        return _Reply(200, None)
+
+    def _route_repos_info(self, req: _Request) -> _Reply:
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"])
+            rev = req.params.get("rev", "main")
+            files = self._files_at(repo, rev)
+            sha = repo.sha if rev == "main" else rev
+            return _Reply(
+                200,
+                {
+                    "id": repo.repo_id,
+                    "_id": repo.sha[:24],
+                    "author": repo.repo_id.split("/")[0],
+                    "sha": sha,
+                    "private": repo.private,
+                    "gated": False,
+                    "disabled": False,
+                    "createdAt": _iso(repo.created_at),
+                    "lastModified": _iso(repo.last_modified),
+                    "tags": [],
+                    "siblings": [{"rfilename": path} for path in sorted(files)],
+                },
+            )
+
+    def _route_preupload(self, req: _Request) -> _Reply:
+        payload = req.json()
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"], write=True)
+            files = self._files_at(repo, req.params["rev"])
+            answer = []
+            for item in payload.get("files") or []:
+                existing = files.get(item.get("path"))
+                answer.append(
+                    {
+                        "path": item.get("path"),
+                        "uploadMode": "regular",
+                        "shouldIgnore": False,
+                        "oid": git_blob_sha1(existing) if existing is not None else None,
+                    }
+                )
+            return _Reply(200, {"files": answer, "commitOid": repo.sha})
+
+    def _route_commit(self, req: _Request) -> _Reply:
+        try:
+            lines = [json.loads(line) for line in req.body.splitlines() if line.strip()]
+        except ValueError as exc:
+            raise _HttpError(400, f"Invalid ndjson payload: {exc}", "BadRequest") from exc
+        if dict(req.query).get("create_pr"):
+            raise _HttpError(400, "create_pr is not supported by the hub emulator", "BadRequest")
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"], write=True)
+            if req.params["rev"] != "main":
+                raise _HttpError(404, f"Invalid rev id: {req.params['rev']}", "RevisionNotFound")
+            files = dict(repo.files)
+            for item in lines:
+                key, value = item.get("key"), item.get("value") or {}
+                if key == "header":
+                    parent = value.get("parentCommit")
+                    if parent and parent != repo.sha:
+                        message = "A commit has happened since. Please refresh and try again."
+                        raise _HttpError(412, message, "Conflict")
+                elif key == "file":
+                    content = value.get("content", "")
+                    is_b64 = value.get("encoding") == "base64"
+                    files[value["path"]] = base64.b64decode(content) if is_b64 else content.encode()
+                elif key == "deletedFile":
+                    if value.get("path") not in files:
+                        raise _HttpError(404, "A file with this name doesn't exist", "EntryNotFound")
+                    del files[value["path"]]
+                elif key == "deletedFolder":
+                    prefix = value.get("path", "").rstrip("/") + "/"
+                    doomed = [p for p in files if p.startswith(prefix)]
+                    if not doomed:
+                        raise _HttpError(404, "A folder with this name doesn't exist", "EntryNotFound")
+                    for path in doomed:
+                        del files[path]
+                else:
+                    message = f"Operation {key!r} is not supported by the hub emulator"
+                    raise _HttpError(400, message, "BadRequest")
+            sha = self._commit_files(repo, files)
+            return _Reply(
+                200,
+                {
+                    "success": True,
+                    "commitOid": sha,
+                    "commitUrl": f"{self._repo_url(repo)}/commit/{sha}",
+                    "hookOutput": "",
+                    "pullRequestUrl": None,
+                },
+            )
+
+    def _route_tree(self, req: _Request) -> _Reply:
+        recursive = dict(req.query).get("recursive", "").lower() in ("1", "true")
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"])
+            files = self._files_at(repo, req.params["rev"])
+            base = req.params.get("path", "").strip("/")
+            prefix = base + "/" if base else ""
+            entries: dict[str, dict[str, Any]] = {}
+            for path, data in sorted(files.items()):
+                if not path.startswith(prefix):
+                    continue
+                rest = path[len(prefix) :].split("/")
+                dirs = rest[:-1] if recursive else rest[:-1][:1]
+                for depth in range(len(dirs)):
+                    dpath = prefix + "/".join(rest[: depth + 1])
+                    oid = git_blob_sha1(dpath.encode())
+                    entries.setdefault(dpath, {"type": "directory", "oid": oid, "path": dpath})
+                if recursive or len(rest) == 1:
+                    oid = git_blob_sha1(data)
+                    entries[path] = {"type": "file", "oid": oid, "size": len(data), "path": path}
+            if base and not entries:
+                raise _HttpError(404, f"{base} does not exist on main", "EntryNotFound")
+            return _Reply(200, list(entries.values()))
+
+    def _route_resolve(self, req: _Request) -> _Reply:
+        rtype = {"datasets/": "dataset", "spaces/": "space"}.get(req.params.get("prefix", ""), "model")
+        with self._cond:
+            repo = self._get_repo(req, rtype, req.params["ns"], req.params["name"])
+            files = self._files_at(repo, req.params["rev"])
+            commit = repo.sha if req.params["rev"] == "main" else req.params["rev"]
+            data = files.get(req.params["path"])
+        if data is None:
+            raise _HttpError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": commit})
+        headers = {
+            "ETag": f'"{git_blob_sha1(data)}"',
+            "X-Repo-Commit": commit,
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+        }
+        status = 200
+        rng = re.fullmatch(r"bytes=(\d+)-(\d*)", req.headers.get("Range") or "")
+        if rng and req.method == "GET":
+            start = int(rng.group(1))
+            end = int(rng.group(2)) if rng.group(2) else len(data) - 1
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+            data, status = data[start : end + 1], 206
+        headers["Content-Length"] = str(len(data))
+        return _Reply(status, data, headers, head_only=req.method == "HEAD")
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hub_emulator.py",
+        description="Loopback Hugging Face Hub emulator (Jobs + repos) for tests. Prints its URL on stdout "
+        "when ready, serves until SIGTERM/SIGINT, then kills every job's process group.",
+        epilog='Fault JSON examples: \'{"route": "jobs.create", "status": 402, "times": 2}\', '
+        '\'{"route": "whoami", "status": 429, "retry_after": 5}\', '
+        '\'{"route": "jobs.inspect", "reset": true}\', '
+        '\'{"job": "error", "message": "boom"}\', \'{"job": "stay_scheduling"}\', '
+        '\'{"job": "slow", "start_delay": 2, "finish_delay": 1}\'. Routes: ' + ", ".join(ROUTES) + ", *. "
+        "At runtime: POST/GET/DELETE /_emulator/faults, GET /_emulator/state.",
+    )
+    parser.add_argument("--port", type=int, default=0, help="TCP port (0 = pick a free one; default 0)")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--token", default="hf_test", help="the only valid user token (default hf_test)")
+    parser.add_argument("--namespace", default="alice", help="user name returned by whoami (default alice)")
+    parser.add_argument(
+        "--org", action="append", default=[], help="extra namespace (org) of the user; repeatable"
+    )
+    parser.add_argument(
+        "--python", default=sys.executable, help="interpreter that replaces python/uv in job commands"
+    )
+    parser.add_argument(
+        "--scheduling-delay", type=float, default=0.0, help="seconds each job stays SCHEDULING"
+    )
+    parser.add_argument("--keepalive", type=float, default=15.0, help="seconds between SSE keep-alives")
+    parser.add_argument(
+        "--kill-grace", type=float, default=1.0, help="seconds between SIGTERM and SIGKILL on cancel/timeout"
+    )
+    parser.add_argument("--fault", action="append", default=[], help="fault as JSON (repeatable), see below")
+    parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    emulator = HubEmulator(
+        port=args.port,
+        token=args.token,
+        namespace=args.namespace,
+        host=args.host,
+        orgs=args.org,
+        python=args.python,
+        scheduling_delay=args.scheduling_delay,
+        keepalive=args.keepalive,
+        kill_grace=args.kill_grace,
+        faults=[json.loads(spec) for spec in args.fault],
+        verbose=args.verbose,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    emulator.start()
+    print(emulator.url, flush=True)
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
