@@ -7,6 +7,7 @@ Every problem is a ``ConfigError`` that names the file and the key (the CLI exit
 from __future__ import annotations
 
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Mapping
@@ -150,6 +151,8 @@ class _Reader:
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if kinds == (int,):
+        return "an integer"
     names = {
         int: "a number",
         float: "a number",
@@ -257,7 +260,7 @@ def parse_settings(
     if pipeline.startswith(("/", "./", "../", "~")):
         pipeline = str(_path(pipeline, base))
     device = m.get("device", str, "auto")
-    if device not in ("auto", "cpu") and not device.startswith("cuda"):
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
         raise m.fail("device", f'must be "auto", "cpu" or "cuda[:N]", got {device!r}')
     threshold = m.get("clustering_threshold", (int, float))
     models = ModelSettings(

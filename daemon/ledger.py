@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+
 from diarist.handlers.errors import TransientError
 
 

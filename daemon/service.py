@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+
 from diarist.daemon.config import InboxSettings, OnSuccess, Settings
 from diarist.daemon.ledger import FileRow, Ledger, State
 from diarist.daemon.watcher import InboxWatcher, scan

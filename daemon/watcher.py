@@ -10,13 +10,14 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from diarist.daemon.config import InboxSettings
-from diarist.policies.intake import STATE_DIR_NAME
-from diarist.policies.watchmode import WatchMode, choose_watch_mode, parse_mounts
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
+
+from diarist.daemon.config import InboxSettings
+from diarist.policies.intake import STATE_DIR_NAME
+from diarist.policies.watchmode import WatchMode, choose_watch_mode, parse_mounts
 
 OnPath = Callable[[InboxSettings, Path], None]
 
@@ -46,7 +47,7 @@ def scan(inbox: InboxSettings) -> Iterator[Path]:
             if entry.is_dir(follow_symlinks=False):
                 if inbox.recursive and not entry.name.startswith(".") and entry.name != STATE_DIR_NAME:
                     stack.append(Path(entry.path))
-            else:
+            elif entry.is_file(follow_symlinks=False):
                 yield Path(entry.path)
 
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from diarist.handlers.errors import PermanentFileError, ToolMissingError
 
 SAMPLE_RATE = 16000

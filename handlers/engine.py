@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from diarist.handlers.audio import SAMPLE_RATE
 from diarist.handlers.errors import ModelError
 from diarist.policies.flavor import Task
@@ -176,10 +177,11 @@ class LocalEngine:
             self.load_seconds = time.monotonic() - started
 
     def _load_bundled(self) -> tuple[Any, tuple[str, ...]]:
-        from diarist.handlers.campplus import CAMPPlus
         from pyannote.audio import Model
         from pyannote.audio.core.plda import PLDA
         from pyannote.audio.pipelines import SpeakerDiarization
+
+        from diarist.handlers.campplus import CAMPPlus
 
         class _NoPLDA(PLDA):
             """pyannote 4 insists on a PLDA even for agglomerative clustering, which never uses it."""

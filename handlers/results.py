@@ -65,7 +65,10 @@ def rttm_uri(name: str) -> str:
 def to_rttm(uri: str, segments: Iterable[Segment]) -> str:
     uri = rttm_uri(uri)
     return "".join(
-        f"SPEAKER {uri} 1 {s.start:.3f} {s.end - s.start:.3f} <NA> <NA> {s.speaker} <NA> <NA>\n" for s in segments
+        # round both ends first so that start + duration reads back as the same end
+        f"SPEAKER {uri} 1 {round(s.start, 3):.3f} {round(s.end, 3) - round(s.start, 3):.3f} "
+        f"<NA> <NA> {s.speaker} <NA> <NA>\n"
+        for s in segments
     )
 
 
@@ -157,7 +160,9 @@ def validate_result(doc: Any) -> dict[str, Any]:
         if key not in doc["source"]:
             raise ValueError(f"field source.{key} missing")
     for seg in doc["segments"] + doc["exclusive_segments"]:
-        if not (isinstance(seg, dict) and {"start", "end", "speaker"} <= set(seg) and seg["end"] >= seg["start"]):
+        ok = isinstance(seg, dict) and {"start", "end", "speaker"} <= set(seg)
+        numbers = ok and all(isinstance(seg[k], int | float) and not isinstance(seg[k], bool) for k in ("start", "end"))
+        if not (numbers and seg["end"] >= seg["start"]):
             raise ValueError(f"bad segment {seg!r}")
     return doc
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -29,7 +30,8 @@ def parse_mounts(text: str) -> list[Mount]:
     for line in text.splitlines():
         fields = line.split()
         if len(fields) >= 3:
-            point = fields[1].encode().decode("unicode_escape")
+            # the kernel escapes space, tab, newline and backslash as \ooo octal; other bytes are UTF-8
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), fields[1])
             mounts.append(Mount(point, fields[2]))
     return mounts
 

@@ -8,17 +8,6 @@ from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
-from diarist.policies.budget import (
-    BudgetCaps,
-    BudgetTotals,
-    Cap,
-    PeriodTotal,
-    check_budget,
-    period_bounds,
-    settle_cost,
-)
-from diarist.policies.flavor import DEFAULT_THROUGHPUT, Priority, Task, choose_flavor
-from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, format_usd, usd
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -30,6 +19,18 @@ from hypothesis.stateful import (
     multiple,
     rule,
 )
+
+from diarist.policies.budget import (
+    BudgetCaps,
+    BudgetTotals,
+    Cap,
+    PeriodTotal,
+    check_budget,
+    period_bounds,
+    settle_cost,
+)
+from diarist.policies.flavor import DEFAULT_THROUGHPUT, Priority, Task, choose_flavor
+from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, format_usd, usd
 
 D = Decimal
 UTC = UTC

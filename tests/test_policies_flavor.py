@@ -5,6 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from diarist.policies.flavor import (
     BALANCED_SLOWDOWN,
     DEFAULT_THROUGHPUT,
@@ -17,8 +20,6 @@ from diarist.policies.flavor import (
     update_throughput,
 )
 from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, PriceUnit
-from hypothesis import given
-from hypothesis import strategies as st
 
 HOUR = 3600.0
 CPU_FLAVORS = {p.name for p in FALLBACK_PRICES if not p.accelerator}

@@ -6,6 +6,9 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from diarist.policies.budget import BudgetCaps, BudgetTotals, Cap, PeriodTotal
 from diarist.policies.flavor import Priority, Task
 from diarist.policies.route import (
@@ -20,8 +23,6 @@ from diarist.policies.route import (
     UserPrefs,
     decide_route,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 D = Decimal
 BIG = FileFacts(size_bytes=50 * MIB, duration_seconds=3600)

@@ -1,0 +1,129 @@
+"""Shared fixtures: pyannote's sample, generated conversations, one warm engine, a daemon subprocess."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+TESTS = Path(__file__).parent
+sys.path.insert(0, str(TESTS))
+
+import audiogen  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def sample() -> tuple[Path, Path]:
+    """pyannote's bundled real recording (2 speakers, 30 s) and its reference RTTM."""
+    from diarist.daemon.cli import sample_audio
+
+    return sample_audio()
+
+
+@pytest.fixture(scope="session")
+def audio_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated espeak-ng conversations with reference RTTMs, made once per session."""
+    folder = tmp_path_factory.mktemp("audio")
+    specs = {"conv3": (3, 30, 1), "conv2": (2, 20, 7), "conv2b": (2, 14, 11), "short": (2, 8, 5)}
+    for name, (speakers, seconds, seed) in specs.items():
+        turns = audiogen.conversation(folder / f"{name}.wav", speakers, seconds, seed)
+        audiogen.write_rttm(turns, name, folder / f"{name}.rttm")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def engine():
+    from diarist.handlers.engine import LocalEngine
+
+    e = LocalEngine()
+    e.load()
+    return e
+
+
+def to_format(src: Path, dst: Path) -> Path:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), str(dst)], check=True)
+    return dst
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> object:
+    """Poll an external effect (a file another process writes) until it holds, or fail saying what."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class DaemonProcess:
+    """``diarist run`` as a real subprocess, with its log captured to a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None):
+        self.config, self.log = config, log
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProcess:
+        self._log = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "diarist.daemon.cli", "--config", str(self.config), "run"],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        wait_until(lambda: '"event": "ready"' in self.text() or self.proc.poll() is not None, 120, "daemon ready")
+        assert self.proc.poll() is None, f"daemon exited early:\n{self.text()[-3000:]}"
+        return self
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 120) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    made: list[DaemonProcess] = []
+
+    def make(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+        d = DaemonProcess(config, tmp_path / f"daemon-{len(made)}.log", env)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        if d.proc and d.proc.poll() is None:
+            os.killpg(d.proc.pid, signal.SIGKILL)
+            d.proc.wait()
+
+
+def copy(src: Path, dst: Path) -> Path:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".part")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return dst

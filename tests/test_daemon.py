@@ -1,0 +1,238 @@
+"""`diarist run` end to end: a real daemon subprocess on real folders with real audio and a real ledger."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from diarist.handlers.intake import sha256_of
+from diarist.handlers.results import parse_rttm, validate_result
+
+from conftest import copy, to_format, wait_until
+
+
+def write_config(tmp_path: Path, **inbox_extra: object) -> tuple[Path, Path, Path, Path]:
+    inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in inbox_extra.items())
+    config = tmp_path / "diarist.toml"
+    config.write_text(
+        f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "test-host"\nrescan_interval = 3\nlog_format = "json"\n\n'
+        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 1.5\n{extra}'
+    )
+    inbox.mkdir()
+    return config, inbox, outbox, state / "ledger.db"
+
+
+def ledger_rows(db: Path) -> list[dict]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("select * from files order by id")]
+    finally:
+        conn.close()
+
+
+def done_events(db: Path, rel_path: str) -> int:
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(
+            "select count(*) from events e join files f on f.id = e.file_id where f.rel_path = ? and e.state = 'done'",
+            [rel_path],
+        ).fetchone()[0]
+    finally:
+        conn.close()
+
+
+class ArchiveOrderWatch:
+    """Watches, from another thread, that no archived input ever exists without its result beside it."""
+
+    def __init__(self, pairs: list[tuple[Path, Path]]):
+        self.pairs, self.violations = pairs, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            for archived, result in self.pairs:
+                if archived.exists() and not result.exists():
+                    self.violations.append(str(archived))
+
+    def __enter__(self) -> ArchiveOrderWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def slow_write(src: Path, dst: Path, chunks: int = 8, pause: float = 0.6) -> None:
+    """Write a file in chunks over several seconds, like a slow copy onto a share."""
+    data = src.read_bytes()
+    step = len(data) // chunks + 1
+    with open(dst, "wb") as f:
+        for i in range(0, len(data), step):
+            f.write(data[i : i + step])
+            f.flush()
+            time.sleep(pause)
+
+
+@pytest.mark.slow
+class TestDaemonEndToEnd:
+    def test_inbox_to_outbox(self, tmp_path, audio_dir, sample, daemon_factory):
+        """Many kinds of drops at once: every good file gets RTTM+JSON once, bad ones fail aside, junk is ignored."""
+        config, inbox, outbox, db = write_config(tmp_path)
+        daemon = daemon_factory(config).start()
+        done = inbox / ".diarist" / "done"
+        watch_pairs = [
+            (done / "conv3.wav", outbox / "conv3.json"),
+            (done / "team/2026/call.mp3", outbox / "team/2026/call.json"),
+        ]
+        with ArchiveOrderWatch(watch_pairs) as order:
+            copy(audio_dir / "conv3.wav", inbox / "conv3.wav")
+            to_format(audio_dir / "conv2.wav", tmp_path / "call.mp3")
+            copy(tmp_path / "call.mp3", inbox / "team" / "2026" / "call.mp3")
+            (inbox / "broken.wav").write_text("definitely not audio\n" * 100)
+            for junk in ("upload.wav.part", ".hidden.wav", "notes.txt", "~$meeting.wav", "x.crdownload"):
+                (inbox / junk).write_bytes(b"junk")
+            writer = threading.Thread(target=slow_write, args=(audio_dir / "conv2b.wav", inbox / "slow.wav"))
+            writer.start()
+            writer.join()
+            wait_until(lambda: (outbox / "broken.error.json").exists(), 120, "broken.error.json")
+            # the daemon keeps serving after a failure, and reuses results for identical content
+            copy(audio_dir / "short.wav", inbox / "after.wav")
+            copy(audio_dir / "conv2b.wav", inbox / "again" / "same-content.wav")
+            for name in ("conv3", "team/2026/call", "slow", "after", "again/same-content"):
+                wait_until(lambda n=name: (outbox / f"{n}.json").exists(), 400, f"{name}.json")
+        assert order.violations == [], "an input was archived before its result was written"
+
+        # results: strict RTTM + valid JSON, sub-folders mirrored, status sidecars gone
+        conv3 = validate_result(json.loads((outbox / "conv3.json").read_text()))
+        assert len(conv3["speakers"]) >= 2
+        uri, segments = parse_rttm((outbox / "team/2026/call.rttm").read_text())
+        assert uri == "call" and segments
+        assert not list(outbox.rglob("*.status.json"))
+        assert (done / "team/2026/call.mp3").exists() and (done / "conv3.wav").exists()
+
+        # the slow file was taken once, complete
+        slow = json.loads((outbox / "slow.json").read_text())
+        assert slow["source"]["sha256"] == sha256_of(audio_dir / "conv2b.wav")
+        rows = ledger_rows(db)
+        assert [r["state"] for r in rows if r["rel_path"] == "slow.wav"] == ["done"]
+
+        # identical content is reused, not re-run
+        again = json.loads((outbox / "again/same-content.json").read_text())
+        assert again["reused"]["from_file"] == "slow.wav"
+        assert again["segments"] == slow["segments"]
+        assert next(r for r in rows if r["rel_path"] == "again/same-content.wav")["inference_runs"] == 0
+
+        # bad input: moved to failed/ with an explanation in the outbox and beside it
+        error = json.loads((outbox / "broken.error.json").read_text())
+        assert error["kind"] == "bad-input" and "not a readable audio file" in error["error"] and error["what_to_do"]
+        assert (inbox / ".diarist/failed/broken.wav").exists()
+        assert (inbox / ".diarist/failed/broken.wav.error.json").exists()
+
+        # junk never touched
+        for junk in ("upload.wav.part", ".hidden.wav", "notes.txt", "~$meeting.wav", "x.crdownload"):
+            assert (inbox / junk).read_bytes() == b"junk"
+
+        # nothing processed twice
+        for r in rows:
+            assert r["inference_runs"] <= 1, r
+        assert daemon.stop() == 0
+        events = [json.loads(line) for line in daemon.text().splitlines() if line.startswith("{")]
+        assert any(e["event"] == "done" and e.get("file") == "conv3.wav" for e in events)
+        assert "hf_" not in daemon.text()
+
+    def test_restart_mid_file_loses_nothing_and_does_nothing_twice(self, tmp_path, sample, audio_dir, daemon_factory):
+        """SIGKILL during inference, then restart: the file is finished once, the queued one too."""
+        config, inbox, outbox, db = write_config(tmp_path)
+        daemon = daemon_factory(config).start()
+        copy(sample[0], inbox / "first.wav")
+        copy(audio_dir / "short.wav", inbox / "second.wav")
+        wait_until(
+            lambda: (
+                (outbox / "first.status.json").exists()
+                and json.loads((outbox / "first.status.json").read_text())["state"] == "running"
+            ),
+            60,
+            "first.wav running",
+        )
+        daemon.stop(signal.SIGKILL)
+        assert not (outbox / "first.json").exists()
+        assert (inbox / ".diarist/processing/test-host/first.wav").exists()
+
+        restarted = daemon_factory(config).start()
+        for name in ("first", "second"):
+            wait_until(lambda n=name: (outbox / f"{n}.json").exists(), 300, f"{name}.json after restart")
+        assert restarted.stop() == 0
+        assert done_events(db, "first.wav") == 1 and done_events(db, "second.wav") == 1
+        assert sorted(r["rel_path"] for r in ledger_rows(db)) == ["first.wav", "second.wav"]
+        assert (inbox / ".diarist/done/first.wav").exists() and not any((inbox / ".diarist/processing").rglob("*.wav"))
+        assert len(json.loads((outbox / "first.json").read_text())["speakers"]) == 2
+
+    def test_sigterm_exits_cleanly_and_result_survives_restart(self, tmp_path, audio_dir, daemon_factory):
+        """SIGTERM exits 0; a restart with on_success = "keep" neither reprocesses nor loses the kept input."""
+        config, inbox, outbox, db = write_config(tmp_path, on_success="keep")
+        daemon = daemon_factory(config).start()
+        copy(audio_dir / "short.wav", inbox / "kept.wav")
+        wait_until(lambda: (outbox / "kept.json").exists(), 300, "kept.json")
+        assert (inbox / "kept.wav").exists()
+        assert daemon.stop() == 0
+        first = (outbox / "kept.json").stat().st_mtime_ns
+        again = daemon_factory(config).start()
+        # two rescans later the kept file is still not retaken
+        time.sleep(7)
+        assert again.stop() == 0
+        assert (outbox / "kept.json").stat().st_mtime_ns == first
+        assert [r["state"] for r in ledger_rows(db)] == ["done"]
+
+
+class TestDaemonConfigErrors:
+    def test_no_inbox_is_a_config_error(self, tmp_path):
+        """`diarist run` with no inbox configured exits 2 and says how to add one."""
+        import subprocess
+        import sys
+
+        config = tmp_path / "empty.toml"
+        config.write_text(f'[daemon]\nledger = "{tmp_path}/l.db"\n')
+        proc = subprocess.run(
+            [sys.executable, "-m", "diarist.daemon.cli", "--config", str(config), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 2 and "[[inbox]]" in proc.stderr
+
+
+def test_demo_command(tmp_path):
+    """`diarist demo` prints the sample's RTTM with 2 speakers (the README's demo, as a subprocess)."""
+    import subprocess
+    import sys
+
+    if shutil.which("ffmpeg") is None:
+        pytest.fail("ffmpeg missing: run the README set-up")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "diarist.daemon.cli",
+            "demo",
+            "--inbox",
+            str(tmp_path / "in"),
+            "--outbox",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "speakers: 2" in proc.stdout and "SPEAKER sample 1" in proc.stdout
