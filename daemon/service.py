@@ -91,6 +91,7 @@ class Daemon:
         self._threads: list[threading.Thread] = []
         self.watcher = InboxWatcher(settings.inboxes, self._on_path)
         self.heartbeats: dict[str, float] = {}
+        self._next_scan = clock() + settings.daemon.rescan_interval
         self.current_file: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -138,17 +139,21 @@ class Daemon:
             for path in scan(inbox):
                 self._events.put((inbox, path))
 
+    def intake_tick(self) -> None:
+        """One pass of the intake loop: new events, stability checks, claims, a rescan when due."""
+        self.heartbeats["intake"] = self._clock()
+        if self._clock() >= self._next_scan:
+            self._scan_all()
+            self._next_scan = self._clock() + self.settings.daemon.rescan_interval
+        self._drain_events()
+        for path in self._tracker.poll(self._stability_for):
+            self._take(path)
+        self._forget_vanished()
+
     def _intake_loop(self) -> None:
-        next_scan = self._clock() + self.settings.daemon.rescan_interval
         while not self._stop.wait(self._tick):
-            self.heartbeats["intake"] = self._clock()
             try:
-                self._drain_events()
-                for path in self._tracker.poll(self._stability_for):
-                    self._take(path)
-                if self._clock() >= next_scan:
-                    self._scan_all()
-                    next_scan = self._clock() + self.settings.daemon.rescan_interval
+                self.intake_tick()
             except TransientError as e:
                 log.warning("intake_retry", error=str(e))
             except Exception:  # the intake loop must survive anything one file throws at it
@@ -184,6 +189,13 @@ class Daemon:
                 self._file_ids[path] = self.ledger.discover(str(inbox.path), rel)
                 log.info("discovered", file=rel, inbox=str(inbox.path))
             self._tracker.observe(path)
+
+    def _forget_vanished(self) -> None:
+        """Files removed (or renamed away) before they were complete: close their ledger rows."""
+        for path in [p for p in self._file_ids if p not in self._tracker]:
+            file_id = self._file_ids.pop(path)
+            self.ledger.transition(file_id, State.FAILED, error="removed from the inbox before it was complete")
+            log.info("vanished", file=str(path))
 
     def _take(self, path: Path) -> None:
         """A stable file: hash it, record where it goes, rename it there, queue it."""

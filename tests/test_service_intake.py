@@ -1,0 +1,114 @@
+"""The daemon's intake, driven in-process with a fake clock: stability, claims, vanished files, rescans."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diarist.daemon.config import parse_settings
+from diarist.daemon.ledger import Ledger, State
+from diarist.daemon.service import Daemon
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_daemon(tmp_path: Path, clock: FakeClock) -> tuple[Daemon, Path, Ledger]:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    settings = parse_settings(
+        {
+            "daemon": {"ledger": str(tmp_path / "l.db"), "host_id": "h1", "rescan_interval": 60},
+            "inbox": [{"path": str(inbox), "outbox": str(tmp_path / "out"), "stability_seconds": 5, "polling": True}],
+        },
+        env={},
+    )
+    ledger = Ledger(settings.daemon.ledger)
+    return Daemon(settings, engine=None, ledger=ledger, clock=clock), inbox, ledger  # type: ignore[arg-type]
+
+
+def states(ledger: Ledger) -> dict[str, str]:
+    return {r["rel_path"]: r["state"] for r in ledger.recent(100)}
+
+
+class TestIntake:
+    def test_claims_only_after_stability_window(self, tmp_path):
+        """A file is claimed once unchanged for stability_seconds, not before."""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock)
+        (inbox / "a.wav").write_bytes(b"x" * 100)
+        daemon._scan_all()
+        daemon.intake_tick()
+        clock.now += 4.9
+        daemon.intake_tick()
+        assert states(ledger) == {"a.wav": "discovered"} and (inbox / "a.wav").exists()
+        clock.now += 0.2
+        daemon.intake_tick()
+        assert states(ledger) == {"a.wav": "claimed"}
+        assert (inbox / ".diarist/processing/h1/a.wav").read_bytes() == b"x" * 100
+
+    def test_growing_file_rearms(self, tmp_path):
+        """Each change to a file restarts its stability window; it is claimed after the last change."""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock)
+        path = inbox / "slow.wav"
+        path.write_bytes(b"1")
+        daemon._on_path(daemon.settings.inboxes[0], path)
+        for _ in range(10):
+            daemon.intake_tick()
+            clock.now += 4
+            with open(path, "ab") as f:
+                f.write(b"more")
+            daemon._on_path(daemon.settings.inboxes[0], path)
+        daemon.intake_tick()
+        assert states(ledger) == {"slow.wav": "discovered"}
+        clock.now += 5
+        daemon.intake_tick()
+        row = ledger.get(ledger.recent(1)[0]["id"])
+        assert row.state is State.CLAIMED and row.size == 41
+
+    def test_file_removed_before_complete_closes_its_row(self, tmp_path):
+        """A file deleted while still being watched ends as failed with a reason, and is forgotten."""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock)
+        (inbox / "gone.wav").write_bytes(b"abc")
+        daemon._scan_all()
+        daemon.intake_tick()
+        (inbox / "gone.wav").unlink()
+        clock.now += 1
+        daemon.intake_tick()
+        row = ledger.recent(1)[0]
+        assert row["state"] == "failed" and "removed" in row["error"]
+        assert daemon._file_ids == {}
+
+    def test_periodic_rescan_finds_files_without_events(self, tmp_path):
+        """Files that raised no event (e.g. written by another host on a share) are found by the rescan."""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock)
+        daemon.intake_tick()
+        (inbox / "quiet.wav").write_bytes(b"abc")
+        clock.now += 30
+        daemon.intake_tick()
+        assert states(ledger) == {}
+        clock.now += 31
+        daemon.intake_tick()
+        assert states(ledger) == {"quiet.wav": "discovered"}
+
+    def test_ignored_and_symlinked_files_are_never_tracked(self, tmp_path):
+        """Temporary files, non-audio files and symlinks are not recorded at all."""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock)
+        outside = tmp_path / "outside.wav"
+        outside.write_bytes(b"secret")
+        (inbox / "link.wav").symlink_to(outside)
+        (inbox / "x.wav.part").write_bytes(b"1")
+        (inbox / "notes.txt").write_bytes(b"1")
+        daemon._scan_all()
+        daemon.intake_tick()
+        clock.now += 10
+        daemon.intake_tick()
+        assert states(ledger) == {} and (inbox / "link.wav").is_symlink()
