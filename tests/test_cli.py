@@ -1,0 +1,64 @@
+"""`diarist status` and `diarist doctor` as real subprocesses on a real ledger and real folders."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from diarist.daemon.ledger import Ledger, State
+
+
+def diarist(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "diarist.daemon.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def config(tmp_path: Path) -> Path:
+    (tmp_path / "in").mkdir()
+    path = tmp_path / "diarist.toml"
+    path.write_text(
+        f'[daemon]\nledger = "{tmp_path}/ledger.db"\n\n'
+        f'[[inbox]]\npath = "{tmp_path}/in"\noutbox = "{tmp_path}/out"\npolling = "auto"\n'
+    )
+    return path
+
+
+class TestStatus:
+    def test_lists_files_and_counts(self, tmp_path):
+        """status prints per-state counts and each recent file with its state and error."""
+        cfg = config(tmp_path)
+        ledger = Ledger(tmp_path / "ledger.db")
+        ok = ledger.discover(str(tmp_path / "in"), "talk.wav")
+        ledger.transition(ok, State.DONE)
+        bad = ledger.discover(str(tmp_path / "in"), "bad.wav")
+        ledger.transition(bad, State.FAILED, error="not a readable audio file")
+        proc = diarist("status", "--config", str(cfg))
+        assert proc.returncode == 0, proc.stderr
+        assert "done 1" in proc.stdout and "failed 1" in proc.stdout
+        assert "talk.wav" in proc.stdout and "not a readable audio file" in proc.stdout
+        data = json.loads(diarist("status", "--config", str(cfg), "--json").stdout)
+        assert data["counts"] == {"done": 1, "failed": 1}
+
+    def test_without_ledger_says_so(self, tmp_path):
+        """status before the daemon ever ran explains there is no ledger yet (exit 0)."""
+        proc = diarist("status", "--config", str(config(tmp_path)))
+        assert proc.returncode == 0 and "no ledger" in proc.stdout
+
+
+class TestDoctor:
+    def test_reports_tools_models_and_watch_mode(self, tmp_path):
+        """doctor checks ffmpeg, the bundled models, folders, and prints the watch mode per inbox."""
+        proc = diarist("doctor", "--config", str(config(tmp_path)))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "[ok] ffmpeg" in proc.stdout and "bundled offline models" in proc.stdout
+        assert "native events" in proc.stdout or "polling" in proc.stdout
+
+    def test_missing_inbox_fails(self, tmp_path):
+        """doctor exits 1 and marks FAIL when an inbox folder is missing."""
+        cfg = config(tmp_path)
+        (tmp_path / "in").rmdir()
+        proc = diarist("doctor", "--config", str(cfg))
+        assert proc.returncode == 1 and "[FAIL] inbox" in proc.stdout
