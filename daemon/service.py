@@ -24,7 +24,7 @@ from diarist.daemon.config import InboxSettings, OnSuccess, Settings
 from diarist.daemon.ledger import FileRow, Ledger, State
 from diarist.daemon.watcher import InboxWatcher, scan
 from diarist.handlers import intake
-from diarist.handlers.engine import LocalEngine
+from diarist.handlers.engine import LOCAL_BACKEND, LocalEngine
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
 from diarist.handlers.results import (
@@ -92,7 +92,6 @@ class Daemon:
         self.watcher = InboxWatcher(settings.inboxes, self._on_path)
         self.heartbeats: dict[str, float] = {}
         self._next_scan = clock() + settings.daemon.rescan_interval
-        self.current_file: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -273,9 +272,6 @@ class Daemon:
                 return row
         return None
 
-    def queue_depth(self) -> int:
-        return len(self.ledger.active())
-
     def process(self, row: FileRow) -> None:
         """Take one claimed file to ``done`` or ``failed`` (or leave it claimed on a transient error)."""
         inbox = self._inboxes.get(row.inbox)
@@ -293,17 +289,14 @@ class Daemon:
                     row.id, State.FAILED, error="the claimed input vanished from .diarist/processing"
                 )
             return
-        self.current_file = row.rel_path
         try:
             doc = self._result_for(row, inbox, claimed, bound)
             self._finish(row, inbox, claimed, doc, bound)
-        except PermanentFileError as e:
-            self._fail(row, inbox, claimed, e, bound)
         except TransientError as e:
             bound.warning("transient_error", error=str(e), retry_in=TRANSIENT_RETRY_SECONDS)
             self._write_status(inbox, row.rel_path, "waiting", progress=None, step=None, note=str(e))
             self._retry_at[row.id] = self._clock() + TRANSIENT_RETRY_SECONDS
-        except DiaristError as e:
+        except DiaristError as e:  # permanent for this file (bad input, model failure on it)
             self._fail(row, inbox, claimed, e, bound)
         except Exception as e:  # an engine crash on odd input must not take the daemon down
             bound.exception("engine_crash")
@@ -317,8 +310,6 @@ class Daemon:
                 ),
                 bound,
             )
-        finally:
-            self.current_file = None
 
     def _result_for(self, row: FileRow, inbox: InboxSettings, claimed: Path, bound: Any) -> dict[str, Any]:
         assert row.sha256
@@ -445,7 +436,7 @@ class Daemon:
         doc = status_document(
             file=rel,
             state=state,
-            engine=self.engine_name(),
+            engine=LOCAL_BACKEND,
             progress=progress,
             step=step,
             updated_at=_iso(self._wall()),
@@ -456,6 +447,3 @@ class Daemon:
             atomic_write(OutputPaths.for_input(inbox.outbox, rel).status, dumps(doc))
         except OSError as e:  # a status sidecar is a courtesy; never fail a file over it
             log.warning("status_write_failed", file=rel, error=str(e))
-
-    def engine_name(self) -> str:
-        return "pyannote-local"

@@ -28,6 +28,7 @@ from diarist.policies.flavor import Task
 
 #: tuned on pyannote's sample (2 speakers: 3 clusters below 0.5, 1 above 0.6)
 DEFAULT_CLUSTERING_THRESHOLD = 0.55
+LOCAL_BACKEND = "pyannote-local"
 BUNDLED_SEGMENTATION = "pyannote_segmentation_3.0/pytorch_model.bin"
 BUNDLED_EMBEDDING = "speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 
@@ -173,7 +174,7 @@ class LocalEngine:
                     pipeline, models = self._load_pretrained()
                 pipeline.to(device)
             self._pipeline = pipeline
-            self._info = EngineInfo(backend="pyannote-local", models=models, device=str(device))
+            self._info = EngineInfo(backend=LOCAL_BACKEND, models=models, device=str(device))
             self.load_seconds = time.monotonic() - started
 
     def _load_bundled(self) -> tuple[Any, tuple[str, ...]]:
