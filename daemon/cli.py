@@ -363,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(doctor)
     doctor.set_defaults(func=cmd_doctor)
 
+    def settings_first(fn: Any) -> Any:
+        return lambda args: fn(_settings(args), args)
+
+    from diarist.daemon.cli_cloud import add_commands
+
+    add_commands(sub, common, settings_first)
+
     demo = sub.add_parser("demo", help="start the daemon, drop pyannote's sample into ./inbox, print the result")
     demo.add_argument("--inbox", type=Path, default=Path("inbox"))
     demo.add_argument("--outbox", type=Path, default=Path("outbox"))

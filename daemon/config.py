@@ -11,13 +11,13 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from diarist.handlers.errors import ConfigError
-from diarist.policies.flavor import Task
+from diarist.policies.flavor import Priority, Task
 from diarist.policies.route import RouteSetting
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/diarist/diarist.toml"), Path("diarist.toml"))
@@ -79,10 +79,39 @@ class DaemonSettings:
 
 
 @dataclass(frozen=True)
+class CloudSettings:
+    """Hugging Face Jobs. The ``HF_JOBS_*`` environment variables override the ``[cloud]`` table."""
+
+    enabled: bool = True
+    #: Jobs and the staging repo live here; None: the token's own user (one whoami at start)
+    namespace: str | None = None
+    #: dataset repo for inputs, code and results; "{namespace}" is filled in
+    staging_repo: str = "{namespace}/diarist-staging"
+    #: a Jobs hardware flavor, or "auto" to let the priority policy choose per file
+    flavor: str = "a10g-small"
+    priority: Priority = Priority.BALANCED
+    image: str = "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime"
+    fallback: bool = True
+    max_concurrent: int = 3
+    min_file_size: int = 10 * 1024 * 1024
+    prefer_cloud: bool = False
+    poll_interval: float = 15.0
+    batch_window: float = 10.0
+    batch_max_files: int = 8
+    batch_max_audio_seconds: float = 4 * 3600.0
+    #: a job still SCHEDULING after this long is cancelled (no capacity) and its files fall back
+    scheduling_timeout: float = 900.0
+    keep_staged: bool = False
+    #: Hub API endpoint; None: $HF_ENDPOINT, else https://huggingface.co
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     models: ModelSettings
     inboxes: tuple[InboxSettings, ...]
+    cloud: CloudSettings = field(default_factory=CloudSettings)
     source: Path | None = None
     hf_token: str | None = field(default=None, repr=False)
 
@@ -225,13 +254,80 @@ def _inbox(table: Any, index: int, file: str, base: Path) -> InboxSettings:
     )
 
 
+_CLOUD_ENV = {
+    # env var -> [cloud] key; the seed service was configured by these names
+    "HF_JOBS_ENABLED": "enabled",
+    "HF_JOBS_NAMESPACE": "namespace",
+    "HF_JOBS_FLAVOR": "flavor",
+    "HF_JOBS_FALLBACK": "fallback",
+    "HF_JOBS_MAX_CONCURRENT": "max_concurrent",
+    "HF_JOBS_MIN_FILE_SIZE": "min_file_size",
+    "HF_JOBS_PREFER_CLOUD": "prefer_cloud",
+    "HF_JOBS_POLL_INTERVAL": "poll_interval",
+}
+_CLOUD_KEYS = {f.name for f in fields(CloudSettings)}
+
+
+def _env_value(name: str, raw: str, kind: type, file: str) -> Any:
+    if kind is bool:
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"expected true or false, got {raw!r}", key=name, file="environment")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise ConfigError(f"expected a number, got {raw!r}", key=name, file="environment") from None
+    return raw
+
+
+def _cloud(table: Any, file: str, env: Mapping[str, str]) -> CloudSettings:
+    _Reader(table, "cloud", file, _CLOUD_KEYS)  # unknown keys are reported against the file, before env merges
+    defaults = CloudSettings()
+    merged = dict(table)
+    for var, key in _CLOUD_ENV.items():
+        if env.get(var):
+            kind = type(getattr(defaults, key)) if getattr(defaults, key) is not None else str
+            merged[key] = _env_value(var, env[var], kind, file)
+    r = _Reader(merged, "cloud", file, _CLOUD_KEYS)
+    endpoint = r.get("endpoint", str) or env.get("HF_ENDPOINT") or None
+    staging = r.get("staging_repo", str, defaults.staging_repo)
+    if staging.count("/") != 1:
+        raise r.fail("staging_repo", f'must be "namespace/name" (may use {{namespace}}), got {staging!r}')
+    flavor = r.get("flavor", str, defaults.flavor)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", flavor):
+        raise r.fail("flavor", f'must be a Jobs hardware flavor such as "a10g-small", or "auto"; got {flavor!r}')
+    return CloudSettings(
+        enabled=r.get("enabled", bool, defaults.enabled),
+        namespace=r.get("namespace", str),
+        staging_repo=staging,
+        flavor=flavor,
+        priority=r.choice("priority", Priority, defaults.priority),
+        image=r.get("image", str, defaults.image),
+        fallback=r.get("fallback", bool, defaults.fallback),
+        max_concurrent=int(r.number("max_concurrent", defaults.max_concurrent, minimum=0)),
+        min_file_size=int(r.number("min_file_size", defaults.min_file_size)),
+        prefer_cloud=r.get("prefer_cloud", bool, defaults.prefer_cloud),
+        poll_interval=r.number("poll_interval", defaults.poll_interval, minimum=0.1),
+        batch_window=r.number("batch_window", defaults.batch_window),
+        batch_max_files=int(r.number("batch_max_files", defaults.batch_max_files, minimum=1)),
+        batch_max_audio_seconds=r.number("batch_max_audio_seconds", defaults.batch_max_audio_seconds, minimum=1),
+        scheduling_timeout=r.number("scheduling_timeout", defaults.scheduling_timeout, minimum=1),
+        keep_staged=r.get("keep_staged", bool, defaults.keep_staged),
+        endpoint=endpoint.rstrip("/") if endpoint else None,
+    )
+
+
 def parse_settings(
     data: Mapping[str, Any], *, file: str = "<config>", base: Path | None = None, env: Mapping[str, str] | None = None
 ) -> Settings:
     """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()
-    top = _Reader(data, "", file, {"daemon", "models", "inbox"})
+    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud"})
     d = _Reader(
         top.get("daemon", dict, {}),
         "daemon",
@@ -275,6 +371,7 @@ def parse_settings(
         daemon=daemon,
         models=models,
         inboxes=tuple(_inbox(t, i, file, base) for i, t in enumerate(inboxes)),
+        cloud=_cloud(top.get("cloud", dict, {}), file, env),
         source=Path(file) if file != "<config>" else None,
         hf_token=env.get("HF_TOKEN") or None,
     )

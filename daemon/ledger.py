@@ -1,9 +1,14 @@
 """The SQLite ledger: every file diarist has seen, its state, and every result it produced.
 
-States: discovered -> stable -> claimed -> running -> done | failed. Each transition is one transaction
-and appends to ``events``. Results are stored here too, keyed by content hash + task + parameters + model,
-before anything reaches the outbox: after a crash a claimed file whose result is already in the ledger is
-finished by rewriting the outputs, never by running inference again, and a file dropped twice reuses it.
+States: discovered -> stable -> claimed -> running -> done | failed; a cloud-bound file goes claimed ->
+queued (waiting for a batch and a job slot) -> submitted (in a Hugging Face Job) -> done, or back to claimed
+for local processing when the job fails and fallback is on. Each transition is one transaction and appends
+to ``events``. The ``jobs`` table holds one row per cloud batch, created before the job is started so a
+crash between the two is recovered by finding the job again through its ``batch`` label.
+
+Results are stored here too, keyed by content hash + task + parameters + model, before anything reaches the
+outbox: after a crash a claimed file whose result is already in the ledger is finished by rewriting the
+outputs, never by running inference again, and a file dropped twice reuses it.
 """
 
 from __future__ import annotations
@@ -29,11 +34,21 @@ class State(str, Enum):
     STABLE = "stable"
     CLAIMED = "claimed"
     RUNNING = "running"
+    QUEUED = "queued"
+    SUBMITTED = "submitted"
     DONE = "done"
     FAILED = "failed"
 
 
 ACTIVE_STATES = (State.CLAIMED.value, State.RUNNING.value)
+# Columns added with the cloud route; older ledgers get them on open.
+_FILE_COLUMNS_V2: dict[str, type] = {
+    "duration": float,
+    "flavor": str,
+    "batch_id": str,
+    "fallback": str,
+    "queued_at": float,
+}
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,14 @@ class FileRow:
     error: str | None
     created_at: float
     updated_at: float
+    route: str | None = None
+    route_reason: str | None = None
+    params: str | None = None
+    duration: float | None = None
+    flavor: str | None = None
+    batch_id: str | None = None
+    fallback: str | None = None
+    queued_at: float | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRow:
@@ -68,7 +91,58 @@ class FileRow:
             error=row["error"],
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            route=row.get("route"),
+            route_reason=row.get("route_reason"),
+            params=row.get("params"),
+            duration=row.get("duration"),
+            flavor=row.get("flavor"),
+            batch_id=row.get("batch_id"),
+            fallback=row.get("fallback"),
+            queued_at=row.get("queued_at"),
         )
+
+
+class JobState(str, Enum):
+    SUBMITTING = "submitting"  # row written, job not (known to be) started yet
+    IN_FLIGHT = "in-flight"
+    COLLECTED = "collected"
+    FAILED = "failed"
+
+
+OPEN_JOB_STATES = (JobState.SUBMITTING.value, JobState.IN_FLIGHT.value)
+
+
+@dataclass(frozen=True)
+class JobRow:
+    batch_id: str
+    job_id: str | None
+    state: JobState
+    namespace: str
+    repo: str
+    flavor: str
+    stage: str | None
+    url: str | None
+    host: str | None
+    timeout_seconds: int
+    created_at: float
+    submitted_at: float | None
+    deadline_at: float | None
+    finished_at: float | None
+    running_seconds: float | None
+    est_usd: str | None
+    reserve_usd: str | None
+    cost_usd: str | None
+    message: str | None
+    cancel_requested: str | None
+    staged: str | None
+    audio_seconds: float | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> JobRow:
+        names = cls.__dataclass_fields__
+        values = {k: row.get(k) for k in names}
+        values["state"] = JobState(row["state"])
+        return cls(**values)
 
 
 class Ledger:
@@ -136,6 +210,7 @@ class Ledger:
                     "kept_signature": str,
                     "created_at": float,
                     "updated_at": float,
+                    **_FILE_COLUMNS_V2,
                 },
                 pk="id",
                 not_null={"inbox", "rel_path", "state"},
@@ -144,6 +219,42 @@ class Ledger:
             db["files"].create_index(["state"])
             db["files"].create_index(["sha256"])
             db["files"].create_index(["inbox", "rel_path"])
+        missing = {k: v for k, v in _FILE_COLUMNS_V2.items() if k not in db["files"].columns_dict}
+        for name, kind in missing.items():  # a ledger from before the cloud route
+            db["files"].add_column(name, kind)
+        if "jobs" not in db.table_names():
+            db["jobs"].create(
+                {
+                    "batch_id": str,
+                    "job_id": str,
+                    "state": str,
+                    "namespace": str,
+                    "repo": str,
+                    "flavor": str,
+                    "stage": str,
+                    "url": str,
+                    "host": str,
+                    "timeout_seconds": int,
+                    "created_at": float,
+                    "submitted_at": float,
+                    "deadline_at": float,
+                    "finished_at": float,
+                    "running_seconds": float,
+                    "est_usd": str,
+                    "reserve_usd": str,
+                    "cost_usd": str,
+                    "message": str,
+                    "cancel_requested": str,
+                    "staged": str,
+                    "audio_seconds": float,
+                },
+                pk="batch_id",
+                not_null={"state", "namespace", "repo", "flavor"},
+            )
+            db["jobs"].create_index(["job_id"])
+            db["jobs"].create_index(["state"])
+        if "hosts" not in db.table_names():
+            db["hosts"].create({"host": str, "pid": int, "started_at": float, "heartbeat_at": float}, pk="host")
         if "events" not in db.table_names():
             db["events"].create({"id": int, "file_id": int, "state": str, "at": float, "detail": str}, pk="id")
             db["events"].create_index(["file_id"])
@@ -217,12 +328,94 @@ class Ledger:
         return (int(row["file_id"]), json.loads(row["doc"])) if row else None
 
     def active(self) -> list[FileRow]:
-        """Claimed or running files, oldest claim first (the local work queue)."""
+        """Claimed or running files, oldest claim first (routed or not)."""
         rows = self.db.query(
             f"select * from files where state in ({','.join('?' * len(ACTIVE_STATES))}) order by updated_at, id",
             list(ACTIVE_STATES),
         )
         return [FileRow.from_row(r) for r in rows]
+
+    def local_queue(self) -> list[FileRow]:
+        """The local worker's queue: claimed files routed local (or reusing a result), and interrupted runs."""
+        rows = self.db.query(
+            "select * from files where (state = 'claimed' and route is not null) or state = 'running' "
+            "order by updated_at, id"
+        )
+        return [FileRow.from_row(r) for r in rows]
+
+    def unfinished(self) -> list[FileRow]:
+        """Every file between a claim decision and done/failed (stable, claimed, running, queued, submitted)."""
+        rows = self.db.query(
+            "select * from files where state in ('stable', 'claimed', 'running', 'queued', 'submitted') order by id"
+        )
+        return [FileRow.from_row(r) for r in rows]
+
+    def unrouted(self) -> list[FileRow]:
+        rows = self.db.query("select * from files where state = 'claimed' and route is null order by updated_at, id")
+        return [FileRow.from_row(r) for r in rows]
+
+    def in_state(self, state: State) -> list[FileRow]:
+        rows = self.db.query("select * from files where state = ? order by coalesce(queued_at, 0), id", [state.value])
+        return [FileRow.from_row(r) for r in rows]
+
+    # -- cloud jobs --------------------------------------------------------------------------------
+
+    def create_job(self, batch_id: str, file_ids: list[int], **fields: Any) -> None:
+        """Record a batch before its job is started (see module doc)."""
+        now = self._clock()
+        with self.transaction() as db:
+            db["jobs"].insert({"batch_id": batch_id, "state": JobState.SUBMITTING.value, "created_at": now, **fields})
+            for file_id in file_ids:
+                db["files"].update(file_id, {"batch_id": batch_id, "updated_at": now})
+
+    def job_started(self, batch_id: str, **fields: Any) -> None:
+        """The Hub accepted the job: its files are now submitted."""
+        now = self._clock()
+        with self.transaction() as db:
+            db["jobs"].update(batch_id, {"state": JobState.IN_FLIGHT.value, **fields})
+            for row in db.query("select id from files where batch_id = ? and state = 'queued'", [batch_id]):
+                db["files"].update(row["id"], {"state": State.SUBMITTED.value, "updated_at": now})
+                self._event(db, row["id"], State.SUBMITTED, fields.get("job_id"), now)
+
+    def update_job(self, batch_id: str, **fields: Any) -> None:
+        with self.transaction() as db:
+            db["jobs"].update(batch_id, fields)
+
+    def job(self, batch_id: str) -> JobRow:
+        return JobRow.from_row(self.db["jobs"].get(batch_id))
+
+    def job_by_hub_id(self, job_id: str) -> JobRow | None:
+        row = next(self.db.query("select * from jobs where job_id = ? or batch_id = ?", [job_id, job_id]), None)
+        return JobRow.from_row(row) if row else None
+
+    def open_jobs(self) -> list[JobRow]:
+        rows = self.db.query(
+            f"select * from jobs where state in ({','.join('?' * len(OPEN_JOB_STATES))}) order by created_at",
+            list(OPEN_JOB_STATES),
+        )
+        return [JobRow.from_row(r) for r in rows]
+
+    def jobs(self, *, include_closed: bool = True, limit: int = 100) -> list[JobRow]:
+        where = "" if include_closed else f"where state in ({','.join(repr(s) for s in OPEN_JOB_STATES)})"
+        rows = self.db.query(f"select * from jobs {where} order by created_at desc limit ?", [limit])
+        return [JobRow.from_row(r) for r in rows]
+
+    def job_files(self, batch_id: str) -> list[FileRow]:
+        rows = self.db.query("select * from files where batch_id = ? order by id", [batch_id])
+        return [FileRow.from_row(r) for r in rows]
+
+    def heartbeat(self, host: str, pid: int, started_at: float) -> None:
+        """A running daemon says so (the CLI queues through it when it is alive)."""
+        with self.transaction() as db:
+            db["hosts"].upsert(
+                {"host": host, "pid": pid, "started_at": started_at, "heartbeat_at": self._clock()}, pk="host"
+            )
+
+    def live_hosts(self, within: float) -> list[dict[str, Any]]:
+        return list(self.db.query("select * from hosts where heartbeat_at >= ?", [self._clock() - within]))
+
+    def known_job_ids(self) -> set[str]:
+        return {r["job_id"] for r in self.db.query("select job_id from jobs where job_id is not null")}
 
     def by_claim_path(self, claim_path: str) -> FileRow | None:
         row = next(

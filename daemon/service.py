@@ -8,6 +8,7 @@ Flow of one file (see docs/architecture.md): event or scan -> ``discovered`` -> 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -19,11 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.memory import MemoryJobStore
+from apscheduler.schedulers.background import BackgroundScheduler
 
+from diarist.daemon.cloud import CloudCallbacks, CloudRoute
 from diarist.daemon.config import InboxSettings, OnSuccess, Settings
 from diarist.daemon.ledger import FileRow, Ledger, State
 from diarist.daemon.watcher import InboxWatcher, scan
-from diarist.handlers import intake
+from diarist.handlers import audio, intake
+from diarist.handlers.cloud_job import CLOUD_BACKEND
+from diarist.handlers.cloud_submit import JobItem
 from diarist.handlers.engine import LOCAL_BACKEND, LocalEngine
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
@@ -37,13 +44,17 @@ from diarist.handlers.results import (
     write_result,
 )
 from diarist.policies.budget import BudgetCaps, BudgetTotals
+from diarist.policies.flavor import Task
 from diarist.policies.intake import ignore_reason
-from diarist.policies.route import CloudState, FileFacts, decide_route
+from diarist.policies.route import FileFacts, Route, RouteSettings, decide_route
+from diarist.policies.sidecar import SIDECAR_SUFFIX, FileRequest, SidecarError, parse_sidecar_text, sidecar_names
 
 log = structlog.get_logger("diarist")
 
 TRANSIENT_RETRY_SECONDS = 30.0
 STATUS_MIN_INTERVAL = 1.0
+# How often a running daemon records itself in the ledger; the CLI treats 3x this as "alive".
+HEARTBEAT_SECONDS = 5.0
 
 
 def _iso(ts: float) -> str:
@@ -55,9 +66,37 @@ def _signature(path: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
-def result_key(sha256: str, inbox: InboxSettings, model: str) -> str:
+def _companion(audio_path: Path) -> Path:
+    """Where a claimed file's sidecar travels: beside it, named after it."""
+    return audio_path.with_name(audio_path.name + SIDECAR_SUFFIX)
+
+
+def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, PermanentFileError | None]:
+    """The sidecar next to ``path`` (if any), its request, or the error that fails the file."""
+    for name in sidecar_names(path.name):
+        candidate = path.with_name(name)
+        if not candidate.is_file():
+            continue
+        try:
+            return candidate, parse_sidecar_text(candidate.read_text(encoding="utf-8")), None
+        except (SidecarError, UnicodeDecodeError) as e:
+            error = PermanentFileError(
+                f"its sidecar {name} is invalid: {e}",
+                hint="fix the sidecar (see README: per-file settings) and drop the audio and the sidecar again",
+            )
+            return candidate, None, error
+        except OSError:
+            return None, None, None
+    return None, None, None
+
+
+def _request(row: FileRow) -> FileRequest:
+    return FileRequest.from_json(json.loads(row.params)) if row.params else FileRequest()
+
+
+def result_key(sha256: str, task: Task, speakers: dict[str, int], model: str) -> str:
     """Same content + same question + same model = same answer: the cache key for reuse."""
-    params = json.dumps({"task": inbox.task.value, **inbox.speakers.as_kwargs(), "model": model}, sort_keys=True)
+    params = json.dumps({"task": task.value, **speakers, "model": model}, sort_keys=True)
     return f"{sha256}:{params}"
 
 
@@ -92,6 +131,25 @@ class Daemon:
         self.watcher = InboxWatcher(settings.inboxes, self._on_path)
         self.heartbeats: dict[str, float] = {}
         self._next_scan = clock() + settings.daemon.rescan_interval
+        self.cloud = CloudRoute(
+            settings.cloud,
+            settings.models,
+            ledger=ledger,
+            host=self._host,
+            token=settings.hf_token,
+            callbacks=CloudCallbacks(
+                finish=self._cloud_finish,
+                fail=self._cloud_fail,
+                fall_back=self._fall_back,
+                status=self._cloud_status,
+                item=self._job_item,
+            ),
+            wall=wall,
+            telemetry=settings.daemon.telemetry,
+        )
+        self._scheduler: BackgroundScheduler | None = None
+        self._started_at = wall()
+        self._next_heartbeat = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -115,11 +173,36 @@ class Daemon:
         ]
         for t in self._threads:
             t.start()
+        # One interval job: the ledger is the source of truth, so the job store stays in memory; never two
+        # ticks at once, and missed runs collapse into one.
+        self._scheduler = BackgroundScheduler(
+            jobstores={"default": MemoryJobStore()}, executors={"default": ThreadPoolExecutor(1)}
+        )
+        self._scheduler.add_job(
+            self._cloud_tick,
+            "interval",
+            seconds=self.settings.cloud.poll_interval,
+            id="cloud",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
+        self._scheduler.start()
+
+    def _cloud_tick(self) -> None:
+        self.heartbeats["cloud"] = self._clock()
+        try:
+            self.cloud.tick()
+        except Exception:  # the scheduler must keep ticking whatever one pass throws
+            log.exception("cloud_error")
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting files; the worker finishes the file in hand (or leaves it claimed for the next start)."""
         self._stop.set()
         self._wake.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+            self._scheduler = None
         self.watcher.stop()
         for t in self._threads:
             t.join(timeout)
@@ -141,6 +224,9 @@ class Daemon:
     def intake_tick(self) -> None:
         """One pass of the intake loop: new events, stability checks, claims, a rescan when due."""
         self.heartbeats["intake"] = self._clock()
+        if self._wall() >= self._next_heartbeat:
+            self.ledger.heartbeat(self._host, os.getpid(), self._started_at)
+            self._next_heartbeat = self._wall() + HEARTBEAT_SECONDS
         if self._clock() >= self._next_scan:
             self._scan_all()
             self._next_scan = self._clock() + self.settings.daemon.rescan_interval
@@ -148,6 +234,7 @@ class Daemon:
         for path in self._tracker.poll(self._stability_for):
             self._take(path)
         self._forget_vanished()
+        self._route_pending()
 
     def _intake_loop(self) -> None:
         while not self._stop.wait(self._tick):
@@ -210,15 +297,22 @@ class Daemon:
             self.ledger.transition(file_id, State.FAILED, error="file vanished before it could be claimed")
             log.warning("vanished", file=rel)
             return
+        sidecar, request, problem = _read_sidecar(path)
         target = intake.unique_path(intake.processing_dir(inbox.path, self._host) / rel)
         # record the destination first: a crash between this and the rename is resolved by _recover
-        self.ledger.transition(file_id, State.STABLE, sha256=sha, size=size, claim_path=str(target))
+        params = json.dumps(request.to_json()) if request else None
+        self.ledger.transition(file_id, State.STABLE, sha256=sha, size=size, claim_path=str(target), params=params)
         if not intake.claim(path, target):
             self.ledger.transition(file_id, State.FAILED, error="file vanished before it could be claimed")
             log.warning("claim_lost", file=rel)
             return
+        if sidecar is not None:
+            intake.claim(sidecar, _companion(target))
         self.ledger.transition(file_id, State.CLAIMED)
-        log.info("claimed", file=rel, sha=sha[:12])
+        log.info("claimed", file=rel, sha=sha[:12], sidecar=sidecar.name if sidecar else None)
+        if problem is not None:
+            self._fail(self.ledger.get(file_id), inbox, target, problem, log.bind(file=rel, sha=sha[:12]))
+            return
         self._write_status(inbox, rel, "queued", progress=0.0, step=None)
         self._wake.set()
 
@@ -227,7 +321,7 @@ class Daemon:
         for row in self.ledger.pending_stable():
             if row.claim_path and Path(row.claim_path).exists():
                 self.ledger.transition(row.id, State.CLAIMED, detail="recovered after restart")
-        known = {r.claim_path for r in self.ledger.active()}
+        known = {r.claim_path for r in self.ledger.unfinished()}
         for inbox in self.settings.inboxes:
             folder = intake.processing_dir(inbox.path, self._host)
             if not folder.is_dir():
@@ -246,8 +340,9 @@ class Daemon:
                     claim_path=str(path),
                     detail="adopted from processing/",
                 )
-        for row in self.ledger.active():
-            log.info("resumed", file=row.rel_path, state=row.state.value)
+        for row in self.ledger.unfinished():
+            if row.state is not State.STABLE:
+                log.info("resumed", file=row.rel_path, state=row.state.value, job=row.batch_id)
 
     # -- worker ------------------------------------------------------------------------------------
 
@@ -267,7 +362,7 @@ class Daemon:
 
     def _next_row(self) -> FileRow | None:
         now = self._clock()
-        for row in self.ledger.active():
+        for row in self.ledger.local_queue():
             if self._retry_at.get(row.id, 0.0) <= now:
                 return row
         return None
@@ -313,7 +408,8 @@ class Daemon:
 
     def _result_for(self, row: FileRow, inbox: InboxSettings, claimed: Path, bound: Any) -> dict[str, Any]:
         assert row.sha256
-        key = result_key(row.sha256, inbox, self.settings.models.pipeline)
+        task, speakers = self._question(row, inbox)
+        key = result_key(row.sha256, task, speakers, self.settings.models.pipeline)
         if row.result_key:  # inference finished before a crash: never run it twice
             stored = self.ledger.result(row.result_key)
             if stored:
@@ -324,8 +420,10 @@ class Daemon:
             self.ledger.set_fields(row.id, result_key=key, reused_from=cached[0])
             bound.info("result_reused", original_file_id=cached[0])
             return self._adapt(cached, row)
-        route = self._route(row, inbox)
-        self.ledger.transition(row.id, State.RUNNING, route=route["decision"], route_reason=route["reason"])
+        route: dict[str, Any] = {"decision": "local", "reason": row.route_reason or "local"}
+        if row.fallback:
+            route["fallback"] = json.loads(row.fallback)
+        self.ledger.transition(row.id, State.RUNNING)
         self._write_status(inbox, row.rel_path, "running", progress=0.0, step="decoding")
         bound.info("running", reason=route["reason"])
         last = [0.0]
@@ -343,13 +441,14 @@ class Daemon:
             name=Path(row.rel_path).name,
             relative_path=row.rel_path,
             sha256=row.sha256,
-            task=inbox.task,
-            speakers=inbox.speakers.as_kwargs(),
+            task=task,
+            speakers=speakers,
             route=route,
             progress=progress,
         )
-        if inbox.user:
-            doc["user"] = inbox.user
+        user = _request(row).user or inbox.user
+        if user:
+            doc["user"] = user
         self.ledger.store_result(row.id, key, row.sha256, doc)
         return doc
 
@@ -367,34 +466,91 @@ class Daemon:
             doc["source"]["relative_path"] = row.rel_path
         return doc
 
-    def _route(self, row: FileRow, inbox: InboxSettings) -> dict[str, Any]:
-        cloud = CloudState(
-            enabled=False,
-            has_token=bool(self.settings.hf_token),
-            unavailable_reason="the cloud route is not enabled in this version",
-        )
+    # -- routing -----------------------------------------------------------------------------------
+
+    def _route_pending(self) -> None:
+        for row in self.ledger.unrouted():
+            inbox = self._inboxes.get(row.inbox)
+            if inbox is not None:
+                self._route_file(row, inbox)
+
+    def _route_file(self, row: FileRow, inbox: InboxSettings) -> None:
+        """Local or cloud, decided once per claimed file; the reason goes into the ledger and the result."""
+        assert row.sha256
+        task, speakers = self._question(row, inbox)
+        if self.ledger.result(result_key(row.sha256, task, speakers, self.settings.models.pipeline)):
+            self.ledger.set_fields(row.id, route="local", route_reason="local: identical content was already processed")
+            self._wake.set()
+            return
+        try:
+            duration = audio.probe(Path(row.claim_path or "")).duration or 0.0
+        except DiaristError:
+            # unreadable: the local worker fails it with the full .error.json (nothing to pay the cloud for)
+            self.ledger.set_fields(row.id, route="local", route_reason="local: the file could not be probed")
+            self._wake.set()
+            return
+        c = self.settings.cloud
+        override = _request(row).as_override()
+        if c.flavor != "auto" and override.flavor is None and override.priority is None:
+            override = dataclasses.replace(override, flavor=c.flavor)
         decision = decide_route(
-            FileFacts(size_bytes=row.size or 0, duration_seconds=0.0, task=inbox.task),
-            cloud=cloud,
+            FileFacts(size_bytes=row.size or 0, duration_seconds=duration, task=task),
+            cloud=self.cloud.state(),
             caps=BudgetCaps(),
             totals=BudgetTotals(),
             inbox_route=inbox.route,
+            override=override,
+            settings=RouteSettings(
+                min_file_size=c.min_file_size, prefer_cloud=c.prefer_cloud, default_priority=c.priority
+            ),
+            local_gpu=self.engine.has_gpu,
+            prices=self.cloud.prices(),
         )
-        return {"decision": decision.route.value, "reason": decision.reason}
+        log.info("routed", file=row.rel_path, route=decision.route.value, reason=decision.reason)
+        if decision.route is Route.LOCAL:
+            self.ledger.set_fields(row.id, route="local", route_reason=decision.reason, duration=duration)
+            self._wake.set()
+            return
+        self.ledger.transition(
+            row.id,
+            State.QUEUED,
+            route="cloud",
+            route_reason=decision.reason,
+            duration=duration,
+            flavor=decision.flavor,
+            queued_at=self._wall(),
+        )
+        self._write_status(
+            inbox, row.rel_path, "queued", progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND
+        )
+
+    def _question(self, row: FileRow, inbox: InboxSettings) -> tuple[Task, dict[str, int]]:
+        """The task and speaker counts asked of this file: its sidecar's, else its inbox's."""
+        request = _request(row)
+        # speaker counts replace the inbox's as a whole: a sidecar min_speakers next to an inbox num_speakers
+        # would otherwise ask for both
+        speakers = request.speakers() or inbox.speakers.as_kwargs()
+        return Task(request.task or inbox.task), speakers
 
     def _finish(self, row: FileRow, inbox: InboxSettings, claimed: Path, doc: dict[str, Any], bound: Any) -> None:
         paths = OutputPaths.for_input(inbox.outbox, row.rel_path)
         write_result(paths, doc)
         # only now, with the result safely on disk, does the input leave the processing folder
-        if inbox.on_success is OnSuccess.ARCHIVE:
+        sidecar = _companion(claimed)
+        if not claimed.is_file():  # moved on by a run that crashed before it could record so
+            moved = None
+        elif inbox.on_success is OnSuccess.ARCHIVE:
             moved = str(intake.move_aside(claimed, inbox.path, "done", row.rel_path))
+            intake.claim(sidecar, _companion(Path(moved)))
         elif inbox.on_success is OnSuccess.DELETE:
             claimed.unlink()
+            remove_quietly(sidecar)
             moved = None
         else:
             # "keep": back where the user put it; the ledger remembers its size and mtime so it is not retaken
             target = intake.unique_path(inbox.path / row.rel_path)
             os.rename(claimed, target)
+            intake.claim(sidecar, _companion(target))
             moved = str(target)
             self.ledger.set_fields(row.id, kept_signature=_signature(target))
         self.ledger.transition(row.id, State.DONE, detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}))
@@ -405,23 +561,89 @@ class Daemon:
             reused=bool(doc.get("reused")),
         )
 
-    def _fail(self, row: FileRow, inbox: InboxSettings, claimed: Path, error: DiaristError, bound: Any) -> None:
-        moved = intake.move_aside(claimed, inbox.path, "failed", row.rel_path)
+    def _fail(
+        self,
+        row: FileRow,
+        inbox: InboxSettings,
+        claimed: Path,
+        error: DiaristError,
+        bound: Any,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        moved = intake.move_aside(claimed, inbox.path, "failed", row.rel_path) if claimed.is_file() else None
+        if moved:
+            intake.claim(_companion(claimed), _companion(moved))
         doc = error_document(
             file=row.rel_path,
             kind=error.kind,
             message=error.message,
             hint=error.hint,
-            moved_to=str(moved),
+            moved_to=str(moved) if moved else None,
             at=_iso(self._wall()),
             sha256=row.sha256,
+            details=details,
         )
         paths = OutputPaths.for_input(inbox.outbox, row.rel_path)
         atomic_write(paths.error, dumps(doc))
-        atomic_write(moved.with_name(moved.name + ".error.json"), dumps(doc))
+        if moved:
+            atomic_write(moved.with_name(moved.name + ".error.json"), dumps(doc))
         remove_quietly(paths.status)
         self.ledger.transition(row.id, State.FAILED, error=str(error))
         bound.warning("failed", error=str(error), moved_to=str(moved))
+
+    # -- cloud callbacks (called from the scheduler thread) ------------------------------------------
+
+    def _job_item(self, row: FileRow) -> JobItem:
+        inbox = self._inboxes[row.inbox]
+        task, speakers = self._question(row, inbox)
+        assert row.sha256 and row.claim_path
+        return JobItem(
+            sha256=row.sha256,
+            local_path=Path(row.claim_path),
+            name=Path(row.rel_path).name,
+            relative_path=row.rel_path,
+            task=task.value,
+            speakers=speakers,
+            route={"decision": "cloud", "reason": row.route_reason, "flavor": row.flavor},
+        )
+
+    def _cloud_finish(self, row: FileRow, doc: dict[str, Any]) -> None:
+        inbox = self._inboxes.get(row.inbox)
+        if inbox is None:
+            log.warning("inbox_not_configured", inbox=row.inbox, file=row.rel_path)
+            return
+        assert row.sha256
+        task, speakers = self._question(row, inbox)
+        if inbox.user:
+            doc["user"] = inbox.user
+        self.ledger.store_result(
+            row.id, result_key(row.sha256, task, speakers, self.settings.models.pipeline), row.sha256, doc
+        )
+        bound = log.bind(file=row.rel_path, sha=row.sha256[:12], route="cloud", job=doc["engine"].get("job_id"))
+        self._finish(row, inbox, Path(row.claim_path or ""), doc, bound)
+
+    def _cloud_fail(self, row: FileRow, error: DiaristError, details: dict[str, Any] | None) -> None:
+        inbox = self._inboxes.get(row.inbox)
+        if inbox is None:
+            log.warning("inbox_not_configured", inbox=row.inbox, file=row.rel_path)
+            return
+        bound = log.bind(file=row.rel_path, sha=(row.sha256 or "")[:12], route="cloud")
+        self._fail(row, inbox, Path(row.claim_path or ""), error, bound, details)
+
+    def _fall_back(self, row: FileRow, reason: str, info: dict[str, Any]) -> None:
+        self.ledger.transition(
+            row.id, State.CLAIMED, route="local", route_reason=reason, fallback=json.dumps(info), detail=reason
+        )
+        inbox = self._inboxes.get(row.inbox)
+        if inbox is not None:
+            self._write_status(inbox, row.rel_path, "queued", progress=None, step=None, note=reason)
+        log.warning("fallback", file=row.rel_path, reason=reason)
+        self._wake.set()
+
+    def _cloud_status(self, row: FileRow, state: str, note: str | None) -> None:
+        inbox = self._inboxes.get(row.inbox)
+        if inbox is not None:
+            self._write_status(inbox, row.rel_path, state, progress=None, step=None, note=note, engine=CLOUD_BACKEND)
 
     def _write_status(
         self,
@@ -432,11 +654,12 @@ class Daemon:
         progress: float | None,
         step: str | None,
         note: str | None = None,
+        engine: str = LOCAL_BACKEND,
     ) -> None:
         doc = status_document(
             file=rel,
             state=state,
-            engine=LOCAL_BACKEND,
+            engine=engine,
             progress=progress,
             step=step,
             updated_at=_iso(self._wall()),

@@ -158,6 +158,11 @@ class LocalEngine:
         assert self._info is not None
         return self._info
 
+    @property
+    def has_gpu(self) -> bool:
+        """Whether inference runs on a GPU here (routing keeps everything local then, unless cloud is preferred)."""
+        return self.info.device.startswith("cuda")
+
     def load(self) -> None:
         """Load models now (idempotent). Raises ``ModelError`` with what to do."""
         with self._lock:

@@ -52,3 +52,30 @@ class ToolMissingError(TransientError):
     """An external program (ffmpeg) is missing: nothing is wrong with the file, the machine needs fixing."""
 
     kind = "tool-missing"
+
+
+class CloudError(DiaristError):
+    """The Hub refused a cloud step for a reason retrying will not fix (token, credits, access, missing repo).
+
+    ``status`` is the HTTP status behind it, when there was one. The cloud route is unusable until the user
+    acts, so files fall back to local processing (or fail, with fallback off) with this message.
+    """
+
+    kind = "cloud"
+
+    def __init__(self, message: str, *, hint: str | None = None, status: int | None = None):
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
+class CloudTransientError(TransientError):
+    """The Hub is busy, rate-limiting or unreachable: retry later, after ``retry_after`` seconds when given."""
+
+    kind = "cloud-transient"
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, status: int | None = None, retry_after: float | None = None
+    ):
+        super().__init__(message, hint=hint)
+        self.status = status
+        self.retry_after = retry_after

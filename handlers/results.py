@@ -196,10 +196,14 @@ def dumps(doc: dict[str, Any]) -> bytes:
     return (json.dumps(doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
+def rttm_of(doc: dict[str, Any]) -> str:
+    """The RTTM text of a result document (uri: the file name without its extension)."""
+    return to_rttm(doc["source"]["name"].rsplit(".", 1)[0], segments_from_result(doc))
+
+
 def write_result(paths: OutputPaths, doc: dict[str, Any]) -> None:
     """RTTM first, JSON last: a present JSON means the RTTM beside it is complete too."""
-    uri = doc["source"]["name"].rsplit(".", 1)[0]
-    atomic_write(paths.rttm, to_rttm(uri, segments_from_result(doc)).encode("utf-8"))
+    atomic_write(paths.rttm, rttm_of(doc).encode("utf-8"))
     atomic_write(paths.json, dumps(doc))
     remove_quietly(paths.status)
     remove_quietly(paths.error)

@@ -33,6 +33,7 @@ from diarist.policies.route import (
     UserPrefs,
     decide_route,
 )
+from diarist.policies.sidecar import FileRequest, SidecarError, parse_sidecar, parse_sidecar_text, sidecar_names
 from diarist.policies.watchmode import WatchMode, choose_watch_mode, parse_mounts
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "CostEstimate",
     "FileFacts",
     "FileOverride",
+    "FileRequest",
     "FlavorChoice",
     "FlavorPrice",
     "PeriodTotal",
@@ -56,6 +58,7 @@ __all__ = [
     "RouteDecision",
     "RouteSetting",
     "RouteSettings",
+    "SidecarError",
     "Task",
     "UserPrefs",
     "WatchMode",
@@ -66,7 +69,10 @@ __all__ = [
     "ignore_reason",
     "job_timeout_for",
     "parse_mounts",
+    "parse_sidecar",
+    "parse_sidecar_text",
     "period_bounds",
     "settle_cost",
+    "sidecar_names",
     "update_throughput",
 ]

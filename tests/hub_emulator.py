@@ -263,9 +263,7 @@ class _Reply:
 
 
 _REPO_API = r"/api/(?P<rtype>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
-_RESOLVE = (
-    r"^/(?P<prefix>datasets/|spaces/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
-)
+_RESOLVE = r"^/(?P<prefix>datasets/|spaces/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
 _PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     (method, route, re.compile(pattern + r"/?$"))
     for method, route, pattern in (
@@ -679,9 +677,7 @@ class HubEmulator:
                 raise
             except Exception as exc:  # noqa: BLE001 - an emulator bug must not look like a network failure
                 traceback.print_exc()
-                reply = _error_reply(
-                    _HttpError(500, f"hub emulator internal error: {exc!r}", "InternalError")
-                )
+                reply = _error_reply(_HttpError(500, f"hub emulator internal error: {exc!r}", "InternalError"))
             if reply is not None:  # None: the route already streamed its answer
                 handler.write_reply(reply)
         except (ConnectionError, BrokenPipeError):
@@ -742,10 +738,7 @@ class HubEmulator:
                 "isPro": False,
                 "periodEnd": None,
                 "avatarUrl": "",
-                "orgs": [
-                    {"type": "org", "name": org, "fullname": org, "id": self._user_id(org)}
-                    for org in self.orgs
-                ],
+                "orgs": [{"type": "org", "name": org, "fullname": org, "id": self._user_id(org)} for org in self.orgs],
                 "auth": {
                     "type": "access_token",
                     "accessToken": {"displayName": "hub-emulator", "role": "write", "createdAt": _iso(0)},
@@ -1115,17 +1108,13 @@ class HubEmulator:
             raise _HttpError(400, "Invalid repo name or type", "BadRequest")
         self._require_namespace(ns)
         visibility = payload.get("visibility")
-        private = (
-            bool(payload.get("private")) if visibility is None else visibility in ("private", "protected")
-        )
+        private = bool(payload.get("private")) if visibility is None else visibility in ("private", "protected")
         with self._cond:
             if (rtype, f"{ns}/{name}") in self._repos:
                 # The Hub's 409 carries the repo url: create_repo(exist_ok=True) reads it.
                 existing = self._repos[(rtype, f"{ns}/{name}")]
                 url = self._repo_url(existing)
-                raise _HttpError(
-                    409, f"You already created this {rtype} repo", "RepoExists", extra={"url": url}
-                )
+                raise _HttpError(409, f"You already created this {rtype} repo", "RepoExists", extra={"url": url})
             repo = self._new_repo(rtype, f"{ns}/{name}", private)
             return _Reply(200, {"url": self._repo_url(repo), "name": repo.repo_id, "id": repo.sha[:24]})
 
@@ -1299,15 +1288,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     parser.add_argument("--token", default="hf_test", help="the only valid user token (default hf_test)")
     parser.add_argument("--namespace", default="alice", help="user name returned by whoami (default alice)")
-    parser.add_argument(
-        "--org", action="append", default=[], help="extra namespace (org) of the user; repeatable"
-    )
-    parser.add_argument(
-        "--python", default=sys.executable, help="interpreter that replaces python/uv in job commands"
-    )
-    parser.add_argument(
-        "--scheduling-delay", type=float, default=0.0, help="seconds each job stays SCHEDULING"
-    )
+    parser.add_argument("--org", action="append", default=[], help="extra namespace (org) of the user; repeatable")
+    parser.add_argument("--python", default=sys.executable, help="interpreter that replaces python/uv in job commands")
+    parser.add_argument("--scheduling-delay", type=float, default=0.0, help="seconds each job stays SCHEDULING")
     parser.add_argument("--keepalive", type=float, default=15.0, help="seconds between SSE keep-alives")
     parser.add_argument(
         "--kill-grace", type=float, default=1.0, help="seconds between SIGTERM and SIGKILL on cancel/timeout"

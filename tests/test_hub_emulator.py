@@ -182,9 +182,7 @@ class TestRepos:
         assert url.repo_id == repo_id and url.repo_type == "dataset"
         assert api.repo_info(repo_id, repo_type="dataset").private is True
         payload = os.urandom(4096)
-        api.upload_file(
-            path_or_fileobj=payload, path_in_repo="dir/blob.bin", repo_id=repo_id, repo_type="dataset"
-        )
+        api.upload_file(path_or_fileobj=payload, path_in_repo="dir/blob.bin", repo_id=repo_id, repo_type="dataset")
         assert "dir/blob.bin" in api.list_repo_files(repo_id, repo_type="dataset")
         path = hf_hub_download(
             repo_id, "dir/blob.bin", repo_type="dataset", endpoint=emu.url, token=TOKEN, cache_dir=tmp_path
@@ -207,9 +205,7 @@ class TestRepos:
     def test_private_repo_hidden_without_token(self, emu, api):
         """Anonymous access to a private repo is a RepoNotFound error."""
         api.create_repo(f"{NS}/secret", repo_type="dataset", private=True)
-        api.upload_file(
-            path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=f"{NS}/secret", repo_type="dataset"
-        )
+        api.upload_file(path_or_fileobj=b"x", path_in_repo="a.txt", repo_id=f"{NS}/secret", repo_type="dataset")
         assert not api.file_exists(f"{NS}/secret", "a.txt", repo_type="dataset", token=False)
         status, headers, _ = raw(f"{emu.url}/datasets/{NS}/secret/resolve/main/a.txt", token=None)
         assert status == 401 and headers["X-Error-Code"] == "RepoNotFound"
@@ -245,9 +241,7 @@ class TestRepos:
     def test_identical_upload_skips_commit(self, emu, api):
         """preupload returns the remote oid so the client skips committing unchanged content."""
         emu.add_repo(f"{NS}/same", files={"f.txt": b"same"})
-        api.upload_file(
-            path_or_fileobj=b"same", path_in_repo="f.txt", repo_id=f"{NS}/same", repo_type="dataset"
-        )
+        api.upload_file(path_or_fileobj=b"same", path_in_repo="f.txt", repo_id=f"{NS}/same", repo_type="dataset")
         assert [r for r in emu.requests if r["route"] == "commit"] == []
 
 
@@ -274,9 +268,7 @@ class TestJobs:
         """A job gets env + secrets, uploads through HF_ENDPOINT/HF_TOKEN, completes, and logs its prints."""
         monkeypatch.setenv("HF_EMU_SENTINEL", "1")  # host HF_* variables must not leak into jobs
         api.create_repo(f"{NS}/results", repo_type="dataset", private=True)
-        job = run_python(
-            api, JOB_SCRIPT, env={"GREETING": "hi"}, secrets={"HF_TOKEN": TOKEN}, labels={"t": "1"}
-        )
+        job = run_python(api, JOB_SCRIPT, env={"GREETING": "hi"}, secrets={"HF_TOKEN": TOKEN}, labels={"t": "1"})
         assert job.status.stage == "SCHEDULING"
         assert job.environment == {"GREETING": "hi"}
         assert TOKEN not in json.dumps(job.environment) and TOKEN not in json.dumps(job.secrets)
@@ -334,9 +326,7 @@ class TestJobs:
         """run_uv_job with a script URL served by the emulator runs it with the local interpreter."""
         emu.add_repo(f"{NS}/scripts", files={"hello.py": "import sys\nprint('uv-args', sys.argv[1:])\n"})
         url = f"{emu.url}/datasets/{NS}/scripts/resolve/main/hello.py"
-        job = api.run_uv_job(
-            url, script_args=["--n", "3"], dependencies=["numpy"], python="3.12", namespace=NS
-        )
+        job = api.run_uv_job(url, script_args=["--n", "3"], dependencies=["numpy"], python="3.12", namespace=NS)
         assert job.command == ["uv", "run", "--with", "numpy", "--python", "3.12", url, "--n", "3"]
         assert wait_stage(api, job.id, ("COMPLETED", "ERROR")).status.stage == "COMPLETED"
         assert "uv-args ['--n', '3']" in emu.job_logs(job.id)
@@ -362,9 +352,7 @@ class TestJobs:
 class TestJobLogs:
     def test_follow_streams_until_job_ends(self, api):
         """fetch_job_logs(follow=True) yields lines as they come and returns once the job is over."""
-        job = run_python(
-            api, "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.2)"
-        )
+        job = run_python(api, "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.2)")
         started = time.monotonic()
         lines = list(api.fetch_job_logs(job_id=job.id, namespace=NS, follow=True))
         assert lines == ["line 0", "line 1", "line 2"]
@@ -443,9 +431,7 @@ class TestHttpFaults:
         emu.add_repo(f"{NS}/c", files={"a.txt": b"a"})
         emu.add_fault(route="commit", status=500)
         with pytest.raises(HfHubHTTPError) as info:
-            api.upload_file(
-                path_or_fileobj=b"b", path_in_repo="b.txt", repo_id=f"{NS}/c", repo_type="dataset"
-            )
+            api.upload_file(path_or_fileobj=b"b", path_in_repo="b.txt", repo_id=f"{NS}/c", repo_type="dataset")
         assert info.value.response.status_code == 500 and "b.txt" not in emu.repo_files(f"{NS}/c")
         emu.add_fault(route="resolve", status=503)
         with pytest.raises(HfHubHTTPError) as info:
@@ -546,9 +532,7 @@ def cli_emulator():
     procs: list[subprocess.Popen] = []
 
     def start(*args: str) -> tuple[subprocess.Popen, str]:
-        proc = subprocess.Popen(
-            [PY, str(EMULATOR_PATH), "--port", "0", *args], stdout=subprocess.PIPE, text=True
-        )
+        proc = subprocess.Popen([PY, str(EMULATOR_PATH), "--port", "0", *args], stdout=subprocess.PIPE, text=True)
         procs.append(proc)
         selector = selectors.DefaultSelector()
         selector.register(proc.stdout, selectors.EVENT_READ)

@@ -96,9 +96,7 @@ class TestCheckBudget:
             (BudgetCaps(max_concurrent=0), totals(), "0", False, Cap.CONCURRENCY),
         ],
     )
-    def test_caps_table(
-        self, caps: BudgetCaps, state: BudgetTotals, estimate: str, allowed: bool, cap
-    ) -> None:
+    def test_caps_table(self, caps: BudgetCaps, state: BudgetTotals, estimate: str, allowed: bool, cap) -> None:
         """spent + reserved + estimate must fit every cap; None is unlimited, 0 allows nothing."""
         decision = check_budget(caps, state, D(estimate))
         assert (decision.allowed, decision.cap_name) == (allowed, cap)
@@ -262,8 +260,7 @@ class BudgetLedger(RuleBasedStateMachine):
     )
     def configure(self, daily, monthly, user_caps, max_concurrent) -> None:
         self.caps = {
-            user: BudgetCaps(daily, monthly, cap, max_concurrent)
-            for user, cap in zip(USERS, user_caps, strict=True)
+            user: BudgetCaps(daily, monthly, cap, max_concurrent) for user, cap in zip(USERS, user_caps, strict=True)
         }
         self.day_spent = self.month_spent = D(0)
         self.user_spent = {user: D(0) for user in USERS}
@@ -289,9 +286,7 @@ class BudgetLedger(RuleBasedStateMachine):
         audio_seconds=st.floats(0, 3 * 3600),
     )
     def reserve(self, user: str, price: FlavorPrice, audio_seconds: float):
-        estimate = choose_flavor(
-            Task.DIARIZATION, Priority.COST, audio_seconds, [price], DEFAULT_THROUGHPUT
-        ).estimate
+        estimate = choose_flavor(Task.DIARIZATION, Priority.COST, audio_seconds, [price], DEFAULT_THROUGHPUT).estimate
         if estimate is None:
             return multiple()
         decision = check_budget(self.caps[user], self.totals_for(user), estimate.reserve_usd)
@@ -300,9 +295,7 @@ class BudgetLedger(RuleBasedStateMachine):
             return multiple()
         event("reserved")
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.open[rid] = Reservation(
-            user, price, estimate.est_seconds, estimate.timeout_seconds, estimate.reserve_usd
-        )
+        self.open[rid] = Reservation(user, price, estimate.est_seconds, estimate.timeout_seconds, estimate.reserve_usd)
         return rid
 
     @rule(rid=consumes(reservations), overrun=st.booleans(), share=st.floats(0, 1))
@@ -314,11 +307,7 @@ class BudgetLedger(RuleBasedStateMachine):
         else:
             running = share * r.est_seconds
         cost = settle_cost(running, r.price)
-        event(
-            "settled above the estimate"
-            if cost > settle_cost(r.est_seconds, r.price)
-            else "settled within it"
-        )
+        event("settled above the estimate" if cost > settle_cost(r.est_seconds, r.price) else "settled within it")
         assert cost <= r.amount
         self.day_spent += cost
         self.month_spent += cost

@@ -77,17 +77,13 @@ class TestChooseFlavor:
 
     def test_timeout_excludes_slow_flavors(self) -> None:
         """A flavor whose estimate exceeds the job limit is excluded and named in the reason."""
-        choice = choose_flavor(
-            Task.DIARIZATION, Priority.COST, HOUR, FALLBACK_PRICES, DEFAULT_THROUGHPUT, 3600
-        )
+        choice = choose_flavor(Task.DIARIZATION, Priority.COST, HOUR, FALLBACK_PRICES, DEFAULT_THROUGHPUT, 3600)
         assert choice.flavor == "cpu-upgrade"
         assert "cpu-basic needs" in choice.reason
 
     def test_nothing_fits_is_a_decision(self) -> None:
         """When no flavor fits the limit there is no flavor and the reason says why, without raising."""
-        choice = choose_flavor(
-            Task.DIARIZATION, Priority.SPEED, HOUR, FALLBACK_PRICES, DEFAULT_THROUGHPUT, 60
-        )
+        choice = choose_flavor(Task.DIARIZATION, Priority.SPEED, HOUR, FALLBACK_PRICES, DEFAULT_THROUGHPUT, 60)
         assert choice.flavor is None and choice.estimate is None and choice.est_cost_usd is None
         assert "no flavor finishes" in choice.reason and "h100 needs" in choice.reason
 
@@ -137,9 +133,7 @@ class TestChooseFlavor:
     @given(seconds=audio, task=tasks)
     def test_priorities_order_cost_and_time(self, seconds: float, task: Task) -> None:
         """Cost is never dearer than balanced or speed; speed is never slower; balanced stays near fastest."""
-        by = {
-            p: choose_flavor(task, p, seconds, FALLBACK_PRICES, DEFAULT_THROUGHPUT).estimate for p in Priority
-        }
+        by = {p: choose_flavor(task, p, seconds, FALLBACK_PRICES, DEFAULT_THROUGHPUT).estimate for p in Priority}
         cost, balanced, speed = by[Priority.COST], by[Priority.BALANCED], by[Priority.SPEED]
         assert cost and balanced and speed
         assert cost.est_cost_usd <= balanced.est_cost_usd and cost.est_cost_usd <= speed.est_cost_usd
@@ -214,9 +208,7 @@ class TestUpdateThroughput:
         running=st.floats(1, 10_000),
         w=st.floats(0.01, 1),
     )
-    def test_result_between_old_and_observed(
-        self, old: float, audio_s: float, running: float, w: float
-    ) -> None:
+    def test_result_between_old_and_observed(self, old: float, audio_s: float, running: float, w: float) -> None:
         """The updated figure lies between the old figure and the observed one."""
         observed = audio_s / running
         new = update_throughput({"x": old}, "x", audio_s, running, w)["x"]

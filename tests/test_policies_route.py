@@ -30,9 +30,7 @@ SMALL = FileFacts(size_bytes=2 * MIB, duration_seconds=300)
 FULL_SMALL = FileFacts(size_bytes=2 * MIB, duration_seconds=300, task=Task.FULL)
 UP = CloudState(enabled=True, has_token=True, fallback_enabled=True)
 UP_NO_FALLBACK = CloudState(enabled=True, has_token=True, fallback_enabled=False)
-SPENT_DAY = BudgetTotals(
-    day=PeriodTotal(D("0.99")), month=PeriodTotal(D("0.99")), user_month=PeriodTotal(D("0.99"))
-)
+SPENT_DAY = BudgetTotals(day=PeriodTotal(D("0.99")), month=PeriodTotal(D("0.99")), user_month=PeriodTotal(D("0.99")))
 
 
 def decide(file: FileFacts = BIG, **kwargs: Any) -> RouteDecision:
@@ -208,9 +206,7 @@ CASES: list[tuple[str, FileFacts, dict[str, Any], Route, str]] = [
 
 class TestDecideRoute:
     @pytest.mark.parametrize(("name", "file", "kwargs", "route", "phrase"), CASES, ids=[c[0] for c in CASES])
-    def test_rules(
-        self, name: str, file: FileFacts, kwargs: dict[str, Any], route: Route, phrase: str
-    ) -> None:
+    def test_rules(self, name: str, file: FileFacts, kwargs: dict[str, Any], route: Route, phrase: str) -> None:
         """Each rule and override gives its route with a reason that says why."""
         decision = decide(file, **kwargs)
         assert decision.route is route, decision.reason

@@ -1,0 +1,283 @@
+"""Cloud commands: ``submit``, ``jobs``, ``logs``, ``cancel`` (the seed service's HTTP API, as a CLI)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from diarist.daemon import config as cfg
+from diarist.handlers.errors import ConfigError, DiaristError
+from diarist.policies.budget import settle_cost
+from diarist.policies.flavor import Priority
+from diarist.policies.pricing import FALLBACK_PRICES, format_usd
+from diarist.policies.sidecar import FLAVOR_PATTERN, SIDECAR_SUFFIX
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+ALIVE_SECONDS = 15.0
+
+
+def _hub(settings: cfg.Settings) -> Any:
+    from diarist.handlers.cloud_hub import Hub
+
+    if not settings.hf_token:
+        raise ConfigError(
+            "HF_TOKEN is not set",
+            hint="export HF_TOKEN=hf_... (a token with write access and the Jobs permission, "
+            "from https://huggingface.co/settings/tokens)",
+        )
+    c = settings.cloud
+    return Hub(token=settings.hf_token, namespace=c.namespace, staging_repo=c.staging_repo, endpoint=c.endpoint)
+
+
+def _ledger(settings: cfg.Settings) -> Any:
+    from diarist.daemon.ledger import Ledger
+
+    return Ledger(settings.daemon.ledger) if settings.daemon.ledger.exists() else None
+
+
+def _age(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# -- jobs ---------------------------------------------------------------------------------------------
+
+
+def _file_user(settings: cfg.Settings, row: Any) -> str | None:
+    if row.params:
+        user = json.loads(row.params).get("user")
+        if user:
+            return str(user)
+    inbox = next((i for i in settings.inboxes if str(i.path) == row.inbox), None)
+    return inbox.user if inbox else None
+
+
+def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
+    if args.orphans:
+        return _orphans(settings, cancel=args.cancel_orphans)
+    ledger = _ledger(settings)
+    if ledger is None:
+        print(f"no ledger at {settings.daemon.ledger}: no cloud jobs yet")
+        return EXIT_OK
+    hub = None
+    if settings.hf_token:
+        try:
+            hub = _hub(settings)
+        except DiaristError as e:
+            print(f"(stages from the ledger: {e})", file=sys.stderr)
+    prices = {p.name: p for p in FALLBACK_PRICES}
+    rows = []
+    now = time.time()
+    for job in ledger.jobs(include_closed=args.all):
+        files = ledger.job_files(job.batch_id)
+        if args.user and not any(_file_user(settings, f) == args.user for f in files):
+            continue
+        stage, running = job.stage or job.state.value, job.running_seconds
+        if hub is not None and job.job_id and job.state.value == "in-flight":
+            try:
+                snap = hub.inspect(job.job_id)
+                stage, running = snap.stage, snap.running_seconds
+            except DiaristError:
+                pass
+        cost = job.cost_usd
+        if cost is None and running is not None and job.flavor in prices:
+            cost = str(settle_cost(running, prices[job.flavor]))
+        rows.append(
+            {
+                "job_id": job.job_id or f"(batch {job.batch_id}, not started)",
+                "files": [f.rel_path for f in files],
+                "stage": stage,
+                "flavor": job.flavor,
+                "age_seconds": round(now - job.created_at),
+                "running_seconds": running,
+                "cost_usd": cost,
+                "url": job.url,
+                "message": job.message,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no cloud jobs in flight" + ("" if args.all else " (--all shows finished ones)"))
+        return EXIT_OK
+    for r in rows:
+        files = r["files"][0] + (f" (+{len(r['files']) - 1})" if len(r["files"]) > 1 else "") if r["files"] else "-"
+        cost = format_usd(Decimal(r["cost_usd"])) if r["cost_usd"] else "-"
+        print(f"{r['job_id']}  {r['stage']:<10} {r['flavor']:<11} {_age(r['age_seconds']):>6}  {cost:>7}  {files}")
+        if r["url"]:
+            print(f"    {r['url']}")
+        if r["message"] and r["stage"] not in ("RUNNING", "SCHEDULING", "COMPLETED"):
+            print(f"    {r['message']}")
+    return EXIT_OK
+
+
+def _orphans(settings: cfg.Settings, *, cancel: bool) -> int:
+    hub = _hub(settings)
+    ledger = _ledger(settings)
+    known = ledger.known_job_ids() if ledger else set()
+    orphans = [j for j in hub.find({"app": "diarist"}) if j.job_id not in known]
+    if not orphans:
+        print(f"no orphaned diarist jobs in {hub.namespace}")
+        return EXIT_OK
+    for job in orphans:
+        alive = job.stage in ("SCHEDULING", "RUNNING")
+        print(f"{job.job_id}  {job.stage:<10} host={job.labels.get('host', '?')}  batch={job.labels.get('batch', '?')}")
+        print(f"    {job.url}")
+        if cancel and alive:
+            hub.cancel(job.job_id)
+            print("    canceled")
+    if not cancel:
+        print("these jobs carry app=diarist but no ledger here knows them; --cancel-orphans cancels the live ones")
+    return EXIT_OK
+
+
+# -- logs / cancel ------------------------------------------------------------------------------------
+
+
+def _resolve_job(settings: cfg.Settings, ident: str) -> tuple[str, Any]:
+    ledger = _ledger(settings)
+    job = ledger.job_by_hub_id(ident) if ledger else None
+    if job is not None and job.job_id:
+        return job.job_id, job
+    return ident, job
+
+
+def cmd_logs(settings: cfg.Settings, args: argparse.Namespace) -> int:
+    job_id, _ = _resolve_job(settings, args.job)
+    hub = _hub(settings)
+    for line in hub.logs(job_id, follow=args.follow, tail=args.tail):
+        print(line, flush=True)
+    return EXIT_OK
+
+
+def cmd_cancel(settings: cfg.Settings, args: argparse.Namespace) -> int:
+    job_id, job = _resolve_job(settings, args.job)
+    hub = _hub(settings)
+    hub.cancel(job_id)
+    print(f"canceled {job_id} on the Hub")
+    if job is None:
+        print("the ledger does not know this job (an orphan?): no file to mark")
+        return EXIT_OK
+    from diarist.daemon.ledger import Ledger
+
+    Ledger(settings.daemon.ledger).update_job(job.batch_id, cancel_requested="canceled by the user (diarist cancel)")
+    then = "processed locally" if settings.cloud.fallback else "failed with an .error.json"
+    print(f"its file(s) will be {then} at the daemon's next poll")
+    return EXIT_OK
+
+
+# -- submit -------------------------------------------------------------------------------------------
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    if args.cloud:
+        request["route"] = "cloud"
+    elif args.local:
+        request["route"] = "local"
+    if args.flavor:
+        if not FLAVOR_PATTERN.fullmatch(args.flavor):
+            raise ConfigError(f"--flavor {args.flavor!r} is not a Jobs hardware flavor name (e.g. a10g-small)")
+        request["flavor"] = args.flavor
+    if args.priority:
+        request["priority"] = args.priority
+    return request
+
+
+def cmd_submit(settings: cfg.Settings, args: argparse.Namespace) -> int:
+    request = _request(args)
+    missing = [p for p in args.files if not p.is_file()]
+    if missing:
+        for p in missing:
+            print(f"diarist: {p}: no such file", file=sys.stderr)
+        return EXIT_FAILED
+    inbox = _target_inbox(settings, args.inbox)
+    ledger = _ledger(settings)
+    alive = ledger.live_hosts(ALIVE_SECONDS) if ledger else []
+    if inbox is not None and (alive or args.inbox):
+        for path in args.files:
+            dest = _queue_into(inbox.path, path, request)
+            print(f"queued {path} -> {dest}")
+        who = ", ".join(h["host"] for h in alive) or "no daemon is running now; the next one to start"
+        print(f"the daemon ({who}) picks them up; results land in {inbox.outbox} (diarist status, diarist jobs)")
+        return EXIT_OK
+    from diarist.daemon.oneshot import run_once
+
+    return run_once(settings, args.files, request, out=args.out)
+
+
+def _target_inbox(settings: cfg.Settings, wanted: Path | None) -> cfg.InboxSettings | None:
+    if wanted is None:
+        return settings.inboxes[0] if settings.inboxes else None
+    wanted = wanted.resolve()
+    for inbox in settings.inboxes:
+        if inbox.path == wanted:
+            return inbox
+    raise ConfigError(f"--inbox {wanted} is not a configured inbox", hint="use one of the [[inbox]] paths")
+
+
+def _queue_into(inbox: Path, path: Path, request: dict[str, Any]) -> Path:
+    """Sidecar first, then the audio, each appearing atomically: the daemon never sees one without the other."""
+    dest = inbox / path.name
+    if dest.exists():
+        dest = inbox / f"{path.stem}-{uuid.uuid4().hex[:6]}{path.suffix}"
+    if request:
+        sidecar = dest.with_name(dest.name + SIDECAR_SUFFIX)
+        tmp = inbox / f".{sidecar.name}.part"
+        tmp.write_text(json.dumps(request))
+        os.replace(tmp, sidecar)
+    tmp = inbox / f".{dest.name}.part"
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, dest)
+    return dest
+
+
+# -- parser -------------------------------------------------------------------------------------------
+
+
+def add_commands(sub: Any, common: Any, wrap: Any) -> None:
+    submit = sub.add_parser("submit", help="queue files through the running daemon, or run them once without one")
+    common(submit)
+    submit.add_argument("files", nargs="+", type=Path)
+    where = submit.add_mutually_exclusive_group()
+    where.add_argument("--cloud", action="store_true", help="force the cloud route (Hugging Face Jobs)")
+    where.add_argument("--local", action="store_true", help="force processing on this machine")
+    submit.add_argument("--flavor", help="Jobs hardware flavor, e.g. a10g-small, t4-small")
+    submit.add_argument("--priority", choices=[p.value for p in Priority])
+    submit.add_argument("--inbox", type=Path, help="queue into this configured inbox (default: the first one)")
+    submit.add_argument("--out", type=Path, help="without a daemon: results folder (default: beside each input)")
+    submit.set_defaults(func=wrap(cmd_submit))
+
+    jobs = sub.add_parser("jobs", help="cloud jobs: id, files, stage, flavor, age, cost so far, URL")
+    common(jobs)
+    jobs.add_argument("--user", help="only jobs with files of this user")
+    jobs.add_argument("--all", action="store_true", help="include finished jobs")
+    jobs.add_argument("--orphans", action="store_true", help="jobs labelled app=diarist that the ledger does not know")
+    jobs.add_argument("--cancel-orphans", action="store_true", help="with --orphans: cancel the live ones")
+    jobs.add_argument("--json", action="store_true")
+    jobs.set_defaults(func=wrap(cmd_jobs))
+
+    logs = sub.add_parser("logs", help="a cloud job's log (--follow streams it live)")
+    common(logs)
+    logs.add_argument("job", help="job id (or batch id from the ledger)")
+    logs.add_argument("--follow", "-f", action="store_true")
+    logs.add_argument("--tail", type=int, help="only the last N lines")
+    logs.set_defaults(func=wrap(cmd_logs))
+
+    cancel = sub.add_parser("cancel", help="cancel a cloud job; its files fall back to local (or fail)")
+    common(cancel)
+    cancel.add_argument("job", help="job id (or batch id from the ledger)")
+    cancel.set_defaults(func=wrap(cmd_cancel))

@@ -1,0 +1,395 @@
+"""The daemon's cloud route: batch queued files into Hugging Face Jobs, poll them, collect or fall back.
+
+One ``tick`` (an APScheduler interval job, never two at once) does, in order: recover batches whose job
+start was not confirmed, submit new batches while job slots are free, and inspect every job in flight. The
+SQLite ledger is the only state: a restarted daemon resumes every job from it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import structlog
+
+from diarist.daemon.config import CloudSettings, ModelSettings
+from diarist.daemon.ledger import FileRow, JobRow, JobState, Ledger, State
+from diarist.handlers import cloud_fetch
+from diarist.handlers.cloud_hub import Hub, JobSnapshot
+from diarist.handlers.cloud_submit import JobItem, JobSpec, Submitter
+from diarist.handlers.errors import CloudError, DiaristError, PermanentFileError, TransientError
+from diarist.policies.budget import settle_cost
+from diarist.policies.flavor import DEFAULT_THROUGHPUT, estimate_seconds, job_timeout_for
+from diarist.policies.jobs import BatchSettings, QueuedFile, Verdict, judge_job, plan_batches
+from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, format_usd
+from diarist.policies.route import CloudState
+
+log = structlog.get_logger("diarist.cloud")
+
+# Past submit + timeout + this, a job the Hub still calls alive is cancelled: the Hub should have stopped it.
+DEADLINE_GRACE_SECONDS = 300.0
+# A permanent refusal (token, credits) makes the route unavailable for this long before it is tried again.
+UNAVAILABLE_RETRY_SECONDS = 600.0
+LOG_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class CloudCallbacks:
+    """What the daemon does with a file once the cloud is done with it (the same writers as the local route)."""
+
+    finish: Callable[[FileRow, dict[str, Any]], None]
+    fail: Callable[[FileRow, DiaristError, dict[str, Any] | None], None]
+    fall_back: Callable[[FileRow, str, dict[str, Any]], None]
+    status: Callable[[FileRow, str, str | None], None]
+    item: Callable[[FileRow], JobItem]
+
+
+class CloudRoute:
+    def __init__(
+        self,
+        settings: CloudSettings,
+        models: ModelSettings,
+        *,
+        ledger: Ledger,
+        host: str,
+        token: str | None,
+        callbacks: CloudCallbacks,
+        wall: Callable[[], float] = time.time,
+        telemetry: bool = False,
+    ):
+        self.settings = settings
+        self.models = models
+        self.ledger = ledger
+        self.host = host
+        self.token = token
+        self.cb = callbacks
+        self._wall = wall
+        self._telemetry = telemetry
+        self._hub: Hub | None = None
+        self._submitter: Submitter | None = None
+        self._unavailable: tuple[str, float] | None = None
+        self._prices: dict[str, FlavorPrice] = {p.name: p for p in FALLBACK_PRICES}
+        self._prices_source = "built-in fallback table"
+
+    # -- availability --------------------------------------------------------------------------------
+
+    def state(self) -> CloudState:
+        """What routing needs to know; a recent permanent refusal from the Hub makes the route unavailable."""
+        reason = None
+        if self._unavailable and self._wall() < self._unavailable[1]:
+            reason = self._unavailable[0]
+        return CloudState(
+            enabled=self.settings.enabled,
+            has_token=bool(self.token),
+            fallback_enabled=self.settings.fallback,
+            unavailable_reason=reason,
+        )
+
+    def prices(self) -> list[FlavorPrice]:
+        return list(self._prices.values())
+
+    def _mark_unavailable(self, error: DiaristError) -> None:
+        self._unavailable = (f"the Hub refused: {error}", self._wall() + UNAVAILABLE_RETRY_SECONDS)
+        log.warning("cloud_unavailable", error=str(error), retry_in=UNAVAILABLE_RETRY_SECONDS)
+
+    def hub(self) -> Hub:
+        if self._hub is None:
+            assert self.token, "the cloud route is only used with a token"
+            self._hub = Hub(
+                token=self.token,
+                namespace=self.settings.namespace,
+                staging_repo=self.settings.staging_repo,
+                endpoint=self.settings.endpoint,
+            )
+            self._submitter = Submitter(self._hub)
+            try:
+                fetched = self._hub.prices()
+            except DiaristError as e:
+                log.warning("prices_unavailable", error=str(e), using=self._prices_source)
+            else:
+                if fetched:
+                    self._prices = {p.name: p for p in fetched}
+                    self._prices_source = "the Hub's hardware list"
+            log.info("cloud_connected", namespace=self._hub.namespace, repo=self._hub.repo, prices=self._prices_source)
+        return self._hub
+
+    # -- the tick ------------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        """One scheduler pass. Transient Hub trouble leaves everything as it is for the next pass."""
+        try:
+            if not self.settings.enabled or not self.token:
+                self._fall_back_queue("the cloud route is not available")
+                return
+            if self.ledger.in_state(State.QUEUED) or self.ledger.open_jobs():
+                try:
+                    self.hub()
+                except CloudError as e:
+                    self._mark_unavailable(e)
+                    self._fall_back_queue(str(e))
+                    return
+            self._recover_submitting()
+            self._dispatch()
+            self._poll()
+        except TransientError as e:
+            log.warning("cloud_retry", error=str(e))
+
+    # -- submitting ----------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        queued = self.ledger.in_state(State.QUEUED)
+        if not queued:
+            return
+        unavailable = self.state().why_unavailable
+        if unavailable:
+            self._fall_back_queue(unavailable)
+            return
+        s = self.settings
+        batches = plan_batches(
+            [QueuedFile(r.id, r.flavor or s.flavor, r.duration or 0.0, r.queued_at or r.updated_at) for r in queued],
+            in_flight=len(self.ledger.open_jobs()),
+            now=self._wall(),
+            settings=BatchSettings(s.batch_max_files, s.batch_max_audio_seconds, s.batch_window, s.max_concurrent),
+        )
+        by_id = {r.id: r for r in queued}
+        for batch in batches:
+            rows = [by_id[i] for i in batch.file_ids]
+            throughput = DEFAULT_THROUGHPUT.get(batch.flavor, 1.0)
+            timeout = job_timeout_for(batch.audio_seconds, throughput)
+            price = self._prices.get(batch.flavor)
+            est = estimate_seconds(batch.audio_seconds, throughput, 120.0)
+            batch_id = uuid.uuid4().hex[:16]
+            self.ledger.create_job(
+                batch_id,
+                [r.id for r in rows],
+                namespace=self.hub().namespace,
+                repo=self.hub().repo,
+                flavor=batch.flavor,
+                host=self.host,
+                timeout_seconds=timeout,
+                audio_seconds=batch.audio_seconds,
+                est_usd=str(settle_cost(est, price)) if price else None,
+                reserve_usd=str(settle_cost(timeout, price)) if price else None,
+            )
+            log.info("batch", batch=batch_id, files=len(rows), flavor=batch.flavor, why=batch.reason)
+            self._submit(self.ledger.job(batch_id))
+
+    def _spec(self, job: JobRow, rows: list[FileRow]) -> JobSpec:
+        m = self.models
+        return JobSpec(
+            batch_id=job.batch_id,
+            host=self.host,
+            flavor=job.flavor,
+            timeout_seconds=job.timeout_seconds,
+            image=self.settings.image,
+            models={
+                "pipeline": m.pipeline,
+                # "auto" picks the job's GPU; a daemon pinned to cpu locally still wants the cloud GPU
+                "device": "auto",
+                "clustering_threshold": m.clustering_threshold,
+                "segmentation_batch_size": m.segmentation_batch_size,
+                "embedding_batch_size": m.embedding_batch_size,
+            },
+            items=tuple(self.cb.item(r) for r in rows),
+            telemetry=self._telemetry,
+        )
+
+    def _submit(self, job: JobRow) -> None:
+        rows = [r for r in self.ledger.job_files(job.batch_id) if r.state is State.QUEUED]
+        if not rows:
+            self.ledger.update_job(job.batch_id, state=JobState.FAILED.value, message="no files left to submit")
+            return
+        assert self._submitter is not None
+        spec = self._spec(job, rows)
+        try:
+            staged = self._submitter.stage(spec)
+            self.ledger.update_job(job.batch_id, staged=json.dumps(staged))
+            snap = self._submitter.start(spec)
+        except CloudError as e:
+            self._mark_unavailable(e)
+            self.ledger.update_job(job.batch_id, state=JobState.FAILED.value, message=str(e))
+            for row in rows:
+                self._give_up_file(row, job, f"the cloud job could not be started: {e}", None, [])
+            return
+        # TransientError: the job row stays "submitting"; _recover_submitting finds or restarts it
+        self._started(job, snap)
+
+    def _started(self, job: JobRow, snap: JobSnapshot) -> None:
+        now = self._wall()
+        self.ledger.job_started(
+            job.batch_id,
+            job_id=snap.job_id,
+            url=snap.url,
+            stage=snap.stage,
+            submitted_at=now,
+            deadline_at=now + job.timeout_seconds + self.settings.scheduling_timeout + DEADLINE_GRACE_SECONDS,
+        )
+        for row in self.ledger.job_files(job.batch_id):
+            if row.state is State.SUBMITTED:
+                self.cb.status(row, "submitted", f"cloud job {snap.job_id} ({job.flavor}): {snap.url}")
+        log.info("job_started", batch=job.batch_id, job=snap.job_id, flavor=job.flavor, url=snap.url)
+
+    def _recover_submitting(self) -> None:
+        """A batch whose job start was not confirmed (crash, lost answer): adopt the job if it exists."""
+        for job in self.ledger.open_jobs():
+            if job.state is not JobState.SUBMITTING:
+                continue
+            found = self.hub().find({"app": "diarist", "batch": job.batch_id})
+            if found:
+                log.info("job_adopted", batch=job.batch_id, job=found[0].job_id)
+                self._started(job, found[0])
+            else:
+                self._submit(job)
+
+    def _fall_back_queue(self, reason: str) -> None:
+        for row in self.ledger.in_state(State.QUEUED):
+            self._give_up_file(row, None, f"the cloud route became unavailable: {reason}", None, [])
+
+    # -- polling -------------------------------------------------------------------------------------
+
+    def _poll(self) -> None:
+        for job in self.ledger.open_jobs():
+            if job.state is not JobState.IN_FLIGHT or not job.job_id:
+                continue
+            try:
+                snap = self.hub().inspect(job.job_id)
+            except CloudError as e:
+                if e.status == 404:  # deleted on the Hub (or by hand): nothing left to collect
+                    self._give_up(job, f"the job no longer exists on the Hub: {e}", None)
+                    continue
+                raise
+            self.ledger.update_job(job.batch_id, stage=snap.stage, running_seconds=snap.running_seconds)
+            verdict = judge_job(
+                snap.stage,
+                snap.message,
+                submitted_at=job.submitted_at or job.created_at,
+                deadline_at=job.deadline_at or float("inf"),
+                now=self._wall(),
+                scheduling_limit=self.settings.scheduling_timeout,
+                scheduling_seconds=snap.scheduling_seconds,
+            )
+            if verdict.verdict is Verdict.WAIT:
+                if snap.stage != job.stage:
+                    for row in self.ledger.job_files(job.batch_id):
+                        if row.state is State.SUBMITTED:
+                            self.cb.status(row, snap.stage.lower(), f"cloud job {job.job_id}: {snap.url}")
+                continue
+            if verdict.verdict is Verdict.COLLECT:
+                self._collect(job, snap)
+                continue
+            reason = verdict.reason
+            if job.cancel_requested:
+                reason = f"{job.cancel_requested} ({reason})"
+            if verdict.verdict is Verdict.CANCEL:
+                try:
+                    self.hub().cancel(job.job_id)
+                except CloudError as e:
+                    log.warning("cancel_failed", job=job.job_id, error=str(e))
+            self._give_up(job, reason, snap)
+
+    def _cost(self, job: JobRow, running_seconds: float | None) -> Decimal | None:
+        price = self._prices.get(job.flavor)
+        if price is None or running_seconds is None:
+            return None
+        return settle_cost(running_seconds, price)
+
+    def _collect(self, job: JobRow, snap: JobSnapshot) -> None:
+        assert job.job_id
+        hub = self.hub()
+        cost = self._cost(job, snap.running_seconds)
+        for row in self.ledger.job_files(job.batch_id):
+            if row.state is not State.SUBMITTED:
+                continue
+            if row.result_key:  # stored before a crash: write it out, do not fetch again
+                stored = self.ledger.result(row.result_key)
+                if stored:
+                    self.cb.finish(row, stored[1])
+                    continue
+            assert row.sha256
+            got = cloud_fetch.fetch_one(hub, job.job_id, row.sha256)
+            if got.doc is not None:
+                cloud_fetch.label_result(
+                    got.doc,
+                    job_id=job.job_id,
+                    url=snap.url,
+                    flavor=job.flavor,
+                    running_seconds=snap.running_seconds,
+                )
+                self.cb.finish(row, got.doc)
+            elif got.error is not None and got.error.get("kind") == "bad-input":
+                err = PermanentFileError(
+                    f"the cloud job could not process it: {got.error.get('message')}", hint=got.error.get("hint")
+                )
+                self.cb.fail(row, err, {"job_id": job.job_id, "job_url": snap.url})
+            else:
+                why = (got.error or {}).get("message") or "the job completed without a result for this file"
+                self._give_up_file(row, job, f"cloud job {job.job_id} completed but {why}", snap, [])
+        self.ledger.update_job(
+            job.batch_id,
+            state=JobState.COLLECTED.value,
+            finished_at=self._wall(),
+            cost_usd=str(cost) if cost is not None else None,
+        )
+        log.info(
+            "job_collected",
+            job=job.job_id,
+            running_seconds=snap.running_seconds,
+            cost=format_usd(cost) if cost is not None else None,
+        )
+        self._cleanup(job)
+
+    def _give_up(self, job: JobRow, reason: str, snap: JobSnapshot | None) -> None:
+        lines = self.hub().last_lines(job.job_id, LOG_TAIL_LINES) if job.job_id else []
+        cost = self._cost(job, snap.running_seconds if snap else None)
+        self.ledger.update_job(
+            job.batch_id,
+            state=JobState.FAILED.value,
+            finished_at=self._wall(),
+            message=reason,
+            cost_usd=str(cost) if cost is not None else None,
+        )
+        for row in self.ledger.job_files(job.batch_id):
+            if row.state is State.SUBMITTED:
+                self._give_up_file(row, job, f"cloud job {job.job_id}: {reason}", snap, lines)
+        log.warning("job_failed", job=job.job_id, reason=reason)
+        self._cleanup(job)
+
+    def _give_up_file(
+        self, row: FileRow, job: JobRow | None, reason: str, snap: JobSnapshot | None, lines: list[str]
+    ) -> None:
+        info = {
+            "from": "hf-jobs",
+            "job_id": job.job_id if job else None,
+            "job_url": (snap.url if snap else job.url) if job else None,
+            "flavor": job.flavor if job else row.flavor,
+            "reason": reason,
+            "log_tail": lines,
+        }
+        if self.settings.fallback:
+            self.cb.fall_back(row, f"local: fallback from the cloud route, because {reason}", info)
+        else:
+            error = CloudError(
+                reason,
+                hint="see the job's log lines in this file; fix the cause and drop the file again, "
+                "or turn fallback on ([cloud] fallback = true / HF_JOBS_FALLBACK=true) to process it locally",
+            )
+            self.cb.fail(row, error, info)
+
+    def _cleanup(self, job: JobRow) -> None:
+        if self.settings.keep_staged:
+            return
+        staged = json.loads(job.staged or "[]")
+        # an input another open batch still needs stays (same content dropped twice, in two batches)
+        needed = set()
+        for other in self.ledger.open_jobs():
+            if other.batch_id != job.batch_id:
+                needed.update(json.loads(other.staged or "[]"))
+        try:
+            cloud_fetch.cleanup(self.hub(), job.job_id, [p for p in staged if p not in needed])
+        except DiaristError as e:  # leftovers cost storage, not correctness: report and move on
+            log.warning("cleanup_failed", job=job.job_id, error=str(e))

@@ -1,0 +1,151 @@
+"""Submit one batch of cloud-bound files: stage code, inputs and a manifest, then start the Job.
+
+Staging layout in the private dataset repo (content-addressed, so a retry or a second host re-uses what is
+already there)::
+
+    code/<wheel sha256[:16]>/diarist-<version>-py3-none-any.whl
+    inputs/<sha256><ext>
+    batches/<batch id>/manifest.json
+    jobs/<job id>/<sha256>/result.json | result.rttm | error.json      (written by the job)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diarist.handlers.cloud_code import Wheel, build_wheel
+from diarist.handlers.cloud_hub import Hub, JobSnapshot
+from diarist.handlers.cloud_job import MANIFEST_SCHEMA
+
+BOOTSTRAP = Path(__file__).with_name("cloud_bootstrap.py")
+APP_LABEL = "diarist"
+
+
+@dataclass(frozen=True)
+class JobItem:
+    sha256: str
+    local_path: Path
+    name: str
+    relative_path: str
+    task: str
+    speakers: dict[str, int] = field(default_factory=dict)
+    route: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    batch_id: str
+    host: str
+    flavor: str
+    timeout_seconds: int
+    image: str
+    models: dict[str, Any]
+    items: tuple[JobItem, ...]
+    telemetry: bool = False
+
+
+def input_path(sha256: str, name: str) -> str:
+    ext = Path(name).suffix.lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,8}", ext):
+        ext = ""
+    return f"inputs/{sha256}{ext}"
+
+
+def manifest_path(batch_id: str) -> str:
+    return f"batches/{batch_id}/manifest.json"
+
+
+def wheel_path(wheel: Wheel) -> str:
+    return f"code/{wheel.sha256[:16]}/{wheel.filename}"
+
+
+def label_value(text: str) -> str:
+    """Label values are short identifiers on the Hub: keep [A-Za-z0-9._-], at most 63 characters."""
+    return re.sub(r"[^A-Za-z0-9._-]", "-", text)[:63] or "-"
+
+
+def job_labels(spec: JobSpec) -> dict[str, str]:
+    return {
+        "app": APP_LABEL,
+        "sha": spec.items[0].sha256[:40],
+        "host": label_value(spec.host),
+        "batch": spec.batch_id,
+        "files": str(len(spec.items)),
+    }
+
+
+def manifest(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "schema": MANIFEST_SCHEMA,
+        "batch": spec.batch_id,
+        "flavor": spec.flavor,
+        "models": spec.models,
+        "telemetry": spec.telemetry,
+        "items": [
+            {
+                "sha256": i.sha256,
+                "input": input_path(i.sha256, i.name),
+                "name": i.name,
+                "relative_path": i.relative_path,
+                "task": i.task,
+                "speakers": i.speakers,
+                "route": i.route,
+            }
+            for i in spec.items
+        ],
+    }
+
+
+class Submitter:
+    """Stages and starts jobs on one Hub namespace. The wheel is built once per process."""
+
+    def __init__(self, hub: Hub):
+        self.hub = hub
+        self._wheel: Wheel | None = None
+
+    @property
+    def wheel(self) -> Wheel:
+        if self._wheel is None:
+            self._wheel = build_wheel()
+        return self._wheel
+
+    def stage(self, spec: JobSpec) -> list[str]:
+        """Upload what the job needs that is not there yet; returns the staged paths the job owns."""
+        self.hub.ensure_repo()
+        files: dict[str, bytes | Path] = {}
+        code = wheel_path(self.wheel)
+        if not self.hub.exists(code):
+            files[code] = self.wheel.data
+        owned = [manifest_path(spec.batch_id)]
+        for item in spec.items:
+            path = input_path(item.sha256, item.name)
+            owned.append(path)
+            if path not in files and not self.hub.exists(path):
+                files[path] = item.local_path
+        files[manifest_path(spec.batch_id)] = json.dumps(manifest(spec), indent=2).encode()
+        self.hub.upload(files, f"diarist: stage batch {spec.batch_id} ({len(spec.items)} file(s))")
+        return sorted(set(owned))
+
+    def start(self, spec: JobSpec) -> JobSnapshot:
+        """Start the job; the token travels as a secret only, never in env or labels."""
+        command = [
+            "python",
+            "-c",
+            BOOTSTRAP.read_text(encoding="utf-8"),
+            self.hub.repo,
+            wheel_path(self.wheel),
+            manifest_path(spec.batch_id),
+        ]
+        return self.hub.run_job(
+            image=spec.image,
+            command=command,
+            secrets={"HF_TOKEN": self.hub.token},
+            flavor=spec.flavor,
+            timeout=spec.timeout_seconds,
+            labels=job_labels(spec),
+            name=f"diarist-{spec.batch_id}",
+        )

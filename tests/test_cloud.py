@@ -1,0 +1,278 @@
+"""The cloud route end to end: a real daemon, the real huggingface_hub client, the loopback Hub emulator
+executing each job for real (the shipped wheel runs pyannote in a subprocess), real folders and SQLite.
+
+Fault tests run the daemon in-process with the session's warm engine (fallbacks then cost one local run);
+the crash test runs ``diarist run`` as a subprocess and SIGKILLs it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from diarist.daemon.config import parse_settings
+from diarist.daemon.ledger import Ledger
+from diarist.daemon.service import Daemon
+from diarist.handlers.results import parse_rttm, validate_result
+
+from conftest import copy, wait_until
+from hub_emulator import HubEmulator
+
+pytestmark = pytest.mark.slow
+
+TOKEN, NS = "hf_test", "alice"
+STAGING = f"{NS}/diarist-staging"
+
+
+@pytest.fixture(scope="module")
+def clips(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Five distinct 6 s slices of pyannote's sample, from 3 s on (it opens with silence): real speech."""
+    folder = tmp_path_factory.mktemp("clips")
+    out = []
+    for n in range(5):
+        dst = folder / f"clip{n}.wav"
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-ss",
+                str(3 + n * 5),
+                "-t",
+                "6",
+                "-i",
+                str(sample[0]),
+                str(dst),
+            ],
+            check=True,
+        )
+        out.append(dst)
+    return out
+
+
+@pytest.fixture
+def emu() -> Iterator[HubEmulator]:
+    with HubEmulator(token=TOKEN, namespace=NS, kill_grace=0.5) as emulator:
+        yield emulator
+
+
+class CloudDaemon:
+    def __init__(self, tmp_path: Path, emu: HubEmulator, engine: Any, cloud: dict[str, Any], token: str):
+        self.inbox, self.outbox = tmp_path / "inbox", tmp_path / "outbox"
+        self.ledger_path = tmp_path / "state" / "ledger.db"
+        settings = parse_settings(
+            {
+                "daemon": {"ledger": str(self.ledger_path), "host_id": "test-host", "rescan_interval": 2},
+                "cloud": {
+                    "endpoint": emu.url,
+                    "poll_interval": 0.3,
+                    "batch_window": 1.0,
+                    "scheduling_timeout": 60,
+                    **cloud,
+                },
+                "inbox": [
+                    {
+                        "path": str(self.inbox),
+                        "outbox": str(self.outbox),
+                        "polling": False,
+                        "stability_seconds": 0.5,
+                        "route": "cloud",
+                    }
+                ],
+            },
+            env={"HF_TOKEN": token},
+        )
+        self.ledger = Ledger(self.ledger_path)
+        self.daemon = Daemon(settings, engine=engine, ledger=self.ledger, tick=0.1)
+
+    def result(self, name: str, timeout: float = 180) -> dict[str, Any]:
+        path = self.outbox / (Path(name).stem + ".json")
+        wait_until(path.exists, timeout, f"{path.name} in the outbox")
+        return validate_result(json.loads(path.read_text()))
+
+    def error(self, name: str, timeout: float = 180) -> dict[str, Any]:
+        path = self.outbox / (Path(name).stem + ".error.json")
+        wait_until(path.exists, timeout, f"{path.name} in the outbox")
+        return json.loads(path.read_text())
+
+
+@pytest.fixture
+def cloud_daemon(tmp_path: Path, emu: HubEmulator, engine: Any) -> Iterator[Any]:
+    made: list[CloudDaemon] = []
+
+    def make(token: str = TOKEN, **cloud: Any) -> CloudDaemon:
+        d = CloudDaemon(tmp_path, emu, engine, cloud, token)
+        d.daemon.start()
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.daemon.stop(timeout=60)
+
+
+def no_live_jobs(emu: HubEmulator) -> bool:
+    return all(j["status"]["stage"] not in ("RUNNING", "SCHEDULING") for j in emu.jobs.values())
+
+
+def staged_leftovers(emu: HubEmulator) -> list[str]:
+    try:
+        files = emu.repo_files(STAGING)
+    except KeyError:
+        return []
+    return sorted(p for p in files if p.startswith(("inputs/", "batches/", "jobs/")))
+
+
+# -- the happy path ---------------------------------------------------------------------------------------
+
+
+def test_batch_of_five_runs_as_one_job_with_five_results(cloud_daemon, emu: HubEmulator, clips: list[Path]) -> None:
+    d = cloud_daemon(batch_window=3.0)
+    for clip in clips:
+        copy(clip, d.inbox / clip.name)
+    docs = [d.result(c.name, timeout=300) for c in clips]
+
+    assert len(emu.jobs) == 1, f"expected one batched job, got {len(emu.jobs)}"
+    job = next(iter(emu.jobs.values()))
+    assert job["labels"]["app"] == "diarist" and job["labels"]["host"] == "test-host"
+    assert job["labels"]["files"] == "5"
+    assert job["secrets"] == {"HF_TOKEN": "***"}, "the token travels as a secret"
+    assert TOKEN not in json.dumps(job["environment"]) and TOKEN not in json.dumps(job["labels"])
+    assert job["timeoutSeconds"] >= 600, "the timeout is derived, never the Hub's 30 min default for long files"
+    logs = "\n".join(emu.job_logs(job["id"]))
+    assert "running diarist code from" in logs and "diarist-0.1.0-py3-none-any.whl" in logs
+
+    for clip, doc in zip(clips, docs, strict=True):
+        assert doc["engine"]["backend"] == "hf-jobs"
+        assert doc["engine"]["job_id"] == job["id"]
+        assert doc["engine"]["job_url"].endswith(f"/jobs/{NS}/{job['id']}")
+        assert doc["engine"]["flavor"] == "a10g-small"
+        assert doc["engine"]["running_seconds"] is not None
+        assert doc["route"]["decision"] == "cloud" and "the inbox is set to cloud" in doc["route"]["reason"]
+        assert doc["source"]["name"] == clip.name
+        assert doc["segments"], f"{clip.name}: no speech found"
+        _, segments = parse_rttm((d.outbox / f"{clip.stem}.rttm").read_text())
+        assert len(segments) == len(doc["segments"])
+        assert (d.inbox / ".diarist" / "done" / clip.name).is_file(), "archived only after the result landed"
+
+    wait_until(lambda: not staged_leftovers(emu), 20, "staged inputs and results deleted from the Hub")
+    jobs = d.ledger.jobs()
+    assert len(jobs) == 1 and jobs[0].state.value == "collected" and jobs[0].cost_usd is not None
+
+
+# -- faults -------------------------------------------------------------------------------------------------
+
+
+def test_job_error_falls_back_to_local_and_says_why(cloud_daemon, emu: HubEmulator, clips: list[Path]) -> None:
+    emu.add_fault(job="error", message="no capacity in this region")
+    d = cloud_daemon()
+    copy(clips[0], d.inbox / "a.wav")
+    doc = d.result("a.wav")
+    assert doc["engine"]["backend"] == "pyannote-local"
+    fallback = doc["route"]["fallback"]
+    assert fallback["from"] == "hf-jobs" and fallback["job_id"] in emu.jobs
+    assert "ERROR" in fallback["reason"] and "no capacity in this region" in fallback["reason"]
+    assert doc["route"]["reason"].startswith("local: fallback from the cloud route")
+    assert no_live_jobs(emu)
+    wait_until(lambda: not staged_leftovers(emu), 20, "staged files cleaned after a failed job")
+
+
+def test_job_stuck_in_scheduling_is_cancelled_then_falls_back(cloud_daemon, emu: HubEmulator, clips) -> None:
+    emu.add_fault(job="stay_scheduling")
+    d = cloud_daemon(scheduling_timeout=2)
+    copy(clips[1], d.inbox / "b.wav")
+    doc = d.result("b.wav")
+    assert doc["engine"]["backend"] == "pyannote-local"
+    assert "waited" in doc["route"]["fallback"]["reason"] and "no capacity" in doc["route"]["fallback"]["reason"]
+    (job,) = emu.jobs.values()
+    assert job["status"]["stage"] == "CANCELED", "a job we gave up on is cancelled on the Hub"
+
+
+def test_payment_required_falls_back_with_the_plan_hint(cloud_daemon, emu: HubEmulator, clips) -> None:
+    emu.add_fault(route="jobs.create", status=402, message="Jobs need a PRO subscription or credits", times=-1)
+    d = cloud_daemon()
+    copy(clips[2], d.inbox / "c.wav")
+    doc = d.result("c.wav")
+    assert doc["engine"]["backend"] == "pyannote-local"
+    reason = doc["route"]["fallback"]["reason"]
+    assert "402" in reason and "pricing" in reason
+    assert not emu.jobs
+
+
+def test_invalid_token_routes_local_naming_hf_token(cloud_daemon, emu: HubEmulator, clips) -> None:
+    d = cloud_daemon(token="hf_wrong_token_123")
+    copy(clips[3], d.inbox / "d.wav")
+    doc = d.result("d.wav")
+    assert doc["engine"]["backend"] == "pyannote-local"
+    reason = doc["route"]["reason"]
+    assert "HF_TOKEN" in reason and "hf_wrong_token_123" not in json.dumps(doc)
+    assert not emu.jobs
+
+
+def test_job_failure_without_fallback_writes_error_json_with_log_tail(cloud_daemon, emu: HubEmulator, clips) -> None:
+    emu.add_fault(job="error_after_run", message="node lost")
+    d = cloud_daemon(fallback=False)
+    copy(clips[4], d.inbox / "e.wav")
+    err = d.error("e.wav", timeout=240)
+    assert err["kind"] == "cloud"
+    assert "node lost" in err["error"]
+    assert any("diarist job:" in line for line in err["details"]["log_tail"]), err["details"]
+    assert "fallback" in err["what_to_do"]
+    assert (d.inbox / ".diarist" / "failed" / "e.wav").is_file(), "the input is kept, never lost"
+    assert not (d.outbox / "e.json").exists()
+    assert no_live_jobs(emu)
+
+
+def test_transient_hub_trouble_is_retried_not_fallen_back(cloud_daemon, emu: HubEmulator, clips) -> None:
+    emu.add_fault(route="jobs.create", reset=True)  # the answer is lost: was the job started? (it was not)
+    emu.add_fault(route="jobs.inspect", status=503, times=3)
+    emu.add_fault(route="jobs.inspect", status=429, retry_after=1)
+    d = cloud_daemon()
+    copy(clips[0], d.inbox / "f.wav")
+    doc = d.result("f.wav", timeout=240)
+    assert doc["engine"]["backend"] == "hf-jobs"
+    assert len(emu.jobs) == 1, "the lost start is found by its batch label or started once, never twice"
+
+
+# -- crash and restart --------------------------------------------------------------------------------------
+
+
+def test_daemon_killed_while_the_job_runs_resumes_and_lands_once(
+    tmp_path: Path, emu: HubEmulator, daemon_factory, sample: tuple[Path, Path]
+) -> None:
+    emu.add_fault(job="slow", start_delay=0.0, finish_delay=6.0)
+    inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
+    inbox.mkdir()
+    config = tmp_path / "diarist.toml"
+    config.write_text(
+        f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "crash-host"\nlog_format = "json"\n\n'
+        f"[cloud]\npoll_interval = 0.5\nbatch_window = 0\n\n"
+        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 0.5\n'
+        f'route = "cloud"\n'
+    )
+    env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": emu.url}
+    first = daemon_factory(config, env).start()
+    copy(sample[0], inbox / "meeting.wav")
+    wait_until(lambda: any(j["status"]["stage"] == "RUNNING" for j in emu.jobs.values()), 120, "the job running")
+    assert first.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert not (outbox / "meeting.json").exists()
+
+    second = daemon_factory(config, env).start()
+    wait_until((outbox / "meeting.json").exists, 240, "the result after the restart")
+    doc = validate_result(json.loads((outbox / "meeting.json").read_text()))
+    assert second.stop() == 0
+    assert doc["engine"]["backend"] == "hf-jobs"
+    assert len(emu.jobs) == 1, "the restarted daemon resumed the job instead of submitting again"
+    ledger = Ledger(state / "ledger.db")
+    rows = ledger.recent()
+    assert [r["state"] for r in rows] == ["done"]
+    assert sum(1 for e in ledger.events(rows[0]["id"]) if e["state"] == "done") == 1
+    assert '"event": "resumed"' in second.text()
