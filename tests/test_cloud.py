@@ -276,3 +276,21 @@ def test_daemon_killed_while_the_job_runs_resumes_and_lands_once(
     assert [r["state"] for r in rows] == ["done"]
     assert sum(1 for e in ledger.events(rows[0]["id"]) if e["state"] == "done") == 1
     assert '"event": "resumed"' in second.text()
+
+
+@pytest.mark.parametrize(
+    ("token", "cloud", "why"),
+    [
+        ("", {}, "no Hugging Face token is configured"),
+        (TOKEN, {"enabled": False}, "cloud processing is disabled in the configuration"),
+    ],
+)
+def test_cloud_unavailable_sends_files_local_with_the_reason(
+    cloud_daemon, emu: HubEmulator, clips, token: str, cloud: dict, why: str
+) -> None:
+    d = cloud_daemon(token=token, **cloud)
+    copy(clips[1], d.inbox / "g.wav")
+    doc = d.result("g.wav")
+    assert doc["engine"]["backend"] == "pyannote-local"
+    assert why in doc["route"]["reason"]
+    assert not emu.jobs and not emu.requests, "nothing was sent to the Hub"
