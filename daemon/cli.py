@@ -201,6 +201,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- doctor -------------------------------------------------------------------------------------------
 
 
+def _cloud_check(settings: cfg.Settings) -> tuple[bool, str, str]:
+    """The cloud route is optional: off is fine, but a configured one that the Hub refuses is a failure."""
+    c = settings.cloud
+    if not c.enabled:
+        return True, "cloud", "off ([cloud] enabled = false / HF_JOBS_ENABLED=false)"
+    if not settings.hf_token:
+        return True, "cloud", "off: no HF_TOKEN (files are processed locally)"
+    from diarist.daemon.cli_cloud import _hub
+
+    try:
+        hub = _hub(settings)
+    except DiaristError as e:
+        return False, "cloud", str(e)
+    return (
+        True,
+        "cloud",
+        f"Hugging Face Jobs in {hub.namespace} at {hub.endpoint}, staging {hub.repo}, flavor {c.flavor}",
+    )
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from diarist.daemon.watcher import watch_mode
 
@@ -221,6 +241,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     checks.append(
         (True, "token", "HF_TOKEN is set" if settings.hf_token else "HF_TOKEN not set (offline default needs none)")
     )
+    checks.append(_cloud_check(settings))
     checks.append((True, "config", str(settings.source or "no config file (defaults)")))
     ledger_dir = settings.daemon.ledger.parent
     ledger_ok = os.access(ledger_dir if ledger_dir.exists() else ledger_dir.parent, os.W_OK)

@@ -222,3 +222,13 @@ def test_cloud_commands_without_a_token_say_how_to_set_one(tmp_path: Path) -> No
     )
     assert result.returncode == 2
     assert "HF_TOKEN" in result.stderr and "huggingface.co/settings/tokens" in result.stderr
+
+
+def test_doctor_checks_the_token_against_the_hub(tmp_path: Path, emulator: Emulator) -> None:
+    config = tmp_path / "diarist.toml"
+    config.write_text(f'[daemon]\nledger = "{tmp_path}/ledger.db"\n')
+    good = diarist(config, {"HF_TOKEN": TOKEN, "HF_ENDPOINT": emulator.url}, "doctor")
+    assert f"[ok] cloud    Hugging Face Jobs in {NS} at {emulator.url}" in good.stdout, good.stdout
+    bad = diarist(config, {"HF_TOKEN": "hf_expired_token", "HF_ENDPOINT": emulator.url}, "doctor")
+    assert bad.returncode == 1
+    assert "[FAIL] cloud" in bad.stdout and "HF_TOKEN" in bad.stdout and "hf_expired_token" not in bad.stdout
