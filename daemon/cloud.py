@@ -215,6 +215,7 @@ class CloudRoute:
             self.ledger.update_job(job.batch_id, state=JobState.FAILED.value, message=str(e))
             for row in rows:
                 self._give_up_file(row, job, f"the cloud job could not be started: {e}", None, [])
+            self._cleanup(self.ledger.job(job.batch_id))  # the audio must not stay on the Hub
             return
         # TransientError: the job row stays "submitting"; _recover_submitting finds or restarts it
         self._started(job, snap)
@@ -354,7 +355,18 @@ class CloudRoute:
             cost_usd=str(cost) if cost is not None else None,
         )
         for row in self.ledger.job_files(job.batch_id):
-            if row.state is State.SUBMITTED:
+            if row.state is not State.SUBMITTED:
+                continue
+            # the job uploads each result as it finishes: keep what it did before it failed
+            got = cloud_fetch.fetch_one(self.hub(), job.job_id, row.sha256) if job.job_id and row.sha256 else None
+            if got is not None and got.doc is not None:
+                url = snap.url if snap else job.url or ""
+                running = snap.running_seconds if snap else None
+                cloud_fetch.label_result(
+                    got.doc, job_id=job.job_id, url=url, flavor=job.flavor, running_seconds=running
+                )
+                self.cb.finish(row, got.doc)
+            else:
                 self._give_up_file(row, job, f"cloud job {job.job_id}: {reason}", snap, lines)
         log.warning("job_failed", job=job.job_id, reason=reason)
         self._cleanup(job)

@@ -496,8 +496,8 @@ class Daemon:
         decision = decide_route(
             FileFacts(size_bytes=row.size or 0, duration_seconds=duration, task=task),
             cloud=self.cloud.state(),
-            caps=BudgetCaps(),
-            totals=BudgetTotals(),
+            caps=BudgetCaps(max_concurrent=c.max_concurrent),
+            totals=BudgetTotals(jobs_in_flight=len(self.ledger.open_jobs())),
             inbox_route=inbox.route,
             override=override,
             settings=RouteSettings(
@@ -614,8 +614,9 @@ class Daemon:
             return
         assert row.sha256
         task, speakers = self._question(row, inbox)
-        if inbox.user:
-            doc["user"] = inbox.user
+        user = _request(row).user or inbox.user
+        if user:
+            doc["user"] = user
         self.ledger.store_result(
             row.id, result_key(row.sha256, task, speakers, self.settings.models.pipeline), row.sha256, doc
         )

@@ -34,7 +34,16 @@ def fetch_one(hub: Hub, job_id: str, sha256: str) -> Fetched:
             return Fetched(sha256, error={"kind": "cloud", "message": f"the job's result.json is invalid: {e}"})
     raw = hub.read(f"{folder}/error.json")
     if raw is not None:
-        return Fetched(sha256, error=json.loads(raw))
+        try:
+            error = json.loads(raw)
+        except ValueError as e:
+            error = None
+            why = str(e)
+        else:
+            why = "not a JSON object"
+        if not isinstance(error, dict):  # callers read it with .get(); a bad one must not stall the batch
+            return Fetched(sha256, error={"kind": "cloud", "message": f"the job's error.json is invalid: {why}"})
+        return Fetched(sha256, error=error)
     return Fetched(sha256)
 
 

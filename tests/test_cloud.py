@@ -65,12 +65,15 @@ def emu() -> Iterator[HubEmulator]:
 
 
 class CloudDaemon:
-    def __init__(self, tmp_path: Path, emu: HubEmulator, engine: Any, cloud: dict[str, Any], token: str):
+    def __init__(
+        self, tmp_path: Path, emu: HubEmulator, engine: Any, cloud: dict[str, Any], token: str, models: dict[str, Any]
+    ):
         self.inbox, self.outbox = tmp_path / "inbox", tmp_path / "outbox"
         self.ledger_path = tmp_path / "state" / "ledger.db"
         settings = parse_settings(
             {
                 "daemon": {"ledger": str(self.ledger_path), "host_id": "test-host", "rescan_interval": 2},
+                "models": models,
                 "cloud": {
                     "endpoint": emu.url,
                     "poll_interval": 0.3,
@@ -108,8 +111,9 @@ class CloudDaemon:
 def cloud_daemon(tmp_path: Path, emu: HubEmulator, engine: Any) -> Iterator[Any]:
     made: list[CloudDaemon] = []
 
-    def make(token: str = TOKEN, **cloud: Any) -> CloudDaemon:
-        d = CloudDaemon(tmp_path, emu, engine, cloud, token)
+    def make(token: str = TOKEN, models: dict[str, Any] | None = None, **cloud: Any) -> CloudDaemon:
+        # the daemon runs the session's warm engine locally; ``models`` only changes what the job is told to load
+        d = CloudDaemon(tmp_path, emu, engine, cloud, token, models or {})
         d.daemon.start()
         made.append(d)
         return d
@@ -218,17 +222,38 @@ def test_invalid_token_routes_local_naming_hf_token(cloud_daemon, emu: HubEmulat
 
 
 def test_job_failure_without_fallback_writes_error_json_with_log_tail(cloud_daemon, emu: HubEmulator, clips) -> None:
-    emu.add_fault(job="error_after_run", message="node lost")
-    d = cloud_daemon(fallback=False)
+    # the job cannot load its model (what a gated or missing pipeline does in the cloud): exit 3, ERROR
+    d = cloud_daemon(fallback=False, models={"pipeline": "/nonexistent/pipeline"})
     copy(clips[4], d.inbox / "e.wav")
     err = d.error("e.wav", timeout=240)
     assert err["kind"] == "cloud"
-    assert "node lost" in err["error"]
-    assert any("diarist job:" in line for line in err["details"]["log_tail"]), err["details"]
+    assert "ERROR" in err["error"] and "exit code 3" in err["error"]
+    tail = err["details"]["log_tail"]
+    assert any("diarist job: model error" in line and "/nonexistent/pipeline" in line for line in tail), tail
     assert "fallback" in err["what_to_do"]
     assert (d.inbox / ".diarist" / "failed" / "e.wav").is_file(), "the input is kept, never lost"
     assert not (d.outbox / "e.json").exists()
     assert no_live_jobs(emu)
+    wait_until(lambda: not staged_leftovers(emu), 20, "staged files cleaned after a failed job")
+
+
+def test_results_a_job_uploaded_before_it_failed_are_kept(cloud_daemon, emu: HubEmulator, clips) -> None:
+    emu.add_fault(job="error_after_run", message="node lost")
+    d = cloud_daemon(fallback=False)
+    copy(clips[3], d.inbox / "h.wav")
+    doc = d.result("h.wav")
+    assert doc["engine"]["backend"] == "hf-jobs"
+    (job,) = d.ledger.jobs()
+    assert job.state.value == "failed" and "node lost" in (job.message or "")
+
+
+def test_a_job_that_cannot_start_leaves_no_audio_on_the_hub(cloud_daemon, emu: HubEmulator, clips) -> None:
+    emu.add_fault(route="jobs.create", status=402, times=-1)
+    d = cloud_daemon(fallback=False)
+    copy(clips[2], d.inbox / "i.wav")
+    err = d.error("i.wav")
+    assert "402" in err["error"]
+    assert staged_leftovers(emu) == []
 
 
 def test_transient_hub_trouble_is_retried_not_fallen_back(cloud_daemon, emu: HubEmulator, clips) -> None:
