@@ -292,7 +292,24 @@ def _cloud(table: Any, file: str, env: Mapping[str, str]) -> CloudSettings:
         if env.get(var):
             kind = type(getattr(defaults, key)) if getattr(defaults, key) is not None else str
             merged[key] = _env_value(var, env[var], kind, file)
-    r = _Reader(merged, "cloud", file, _CLOUD_KEYS)
+    from_env = {key: var for var, key in _CLOUD_ENV.items() if env.get(var)}
+    try:
+        return _cloud_settings(_Reader(merged, "cloud", file, _CLOUD_KEYS), env, defaults)
+    except ConfigError as e:
+        name = (e.key or "").removeprefix("cloud.")
+        if name in from_env:  # the bad value came from the environment: say so, not the file
+            raise ConfigError(e.detail, key=from_env[name], file="environment") from None
+        raise
+
+
+def _whole(r: _Reader, name: str, default: int, minimum: int) -> int:
+    value = r.get(name, int, default)
+    if value < minimum:
+        raise r.fail(name, f"must be an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def _cloud_settings(r: _Reader, env: Mapping[str, str], defaults: CloudSettings) -> CloudSettings:
     endpoint = r.get("endpoint", str) or env.get("HF_ENDPOINT") or None
     staging = r.get("staging_repo", str, defaults.staging_repo)
     if staging.count("/") != 1:
@@ -308,12 +325,12 @@ def _cloud(table: Any, file: str, env: Mapping[str, str]) -> CloudSettings:
         priority=r.choice("priority", Priority, defaults.priority),
         image=r.get("image", str, defaults.image),
         fallback=r.get("fallback", bool, defaults.fallback),
-        max_concurrent=int(r.number("max_concurrent", defaults.max_concurrent, minimum=0)),
-        min_file_size=int(r.number("min_file_size", defaults.min_file_size)),
+        max_concurrent=_whole(r, "max_concurrent", defaults.max_concurrent, 0),
+        min_file_size=_whole(r, "min_file_size", defaults.min_file_size, 0),
         prefer_cloud=r.get("prefer_cloud", bool, defaults.prefer_cloud),
         poll_interval=r.number("poll_interval", defaults.poll_interval, minimum=0.1),
         batch_window=r.number("batch_window", defaults.batch_window),
-        batch_max_files=int(r.number("batch_max_files", defaults.batch_max_files, minimum=1)),
+        batch_max_files=_whole(r, "batch_max_files", defaults.batch_max_files, 1),
         batch_max_audio_seconds=r.number("batch_max_audio_seconds", defaults.batch_max_audio_seconds, minimum=1),
         scheduling_timeout=r.number("scheduling_timeout", defaults.scheduling_timeout, minimum=1),
         keep_staged=r.get("keep_staged", bool, defaults.keep_staged),

@@ -40,6 +40,7 @@ class ConfigError(DiaristError):
     def __init__(self, message: str, *, key: str | None = None, file: str | None = None, hint: str | None = None):
         where = " ".join(p for p in (f"in {file}" if file else "", f"at key '{key}'" if key else "") if p)
         super().__init__(f"invalid configuration {where}: {message}" if where else message, hint=hint)
+        self.detail = message
         self.key = key
         self.file = file
 

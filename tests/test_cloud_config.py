@@ -158,10 +158,11 @@ class TestErrors:
             ({"staging_repo": "a/b/c"}, "cloud.staging_repo", "namespace/name"),
             ({"enabled": 1}, "cloud.enabled", "expected true or false"),
             ({"fallback": "no"}, "cloud.fallback", "expected true or false"),
-            ({"max_concurrent": -1}, "cloud.max_concurrent", "must be >= 0"),
-            ({"max_concurrent": "3"}, "cloud.max_concurrent", "expected a number"),
-            ({"max_concurrent": True}, "cloud.max_concurrent", "expected a number"),
-            ({"batch_max_files": 0}, "cloud.batch_max_files", "must be >= 1"),
+            ({"max_concurrent": -1}, "cloud.max_concurrent", "must be an integer >= 0"),
+            ({"max_concurrent": "3"}, "cloud.max_concurrent", "expected an integer"),
+            ({"max_concurrent": True}, "cloud.max_concurrent", "expected an integer"),
+            ({"max_concurrent": 2.7}, "cloud.max_concurrent", "expected an integer"),
+            ({"batch_max_files": 0}, "cloud.batch_max_files", "must be an integer >= 1"),
             ({"poll_interval": 0}, "cloud.poll_interval", "must be >= 0.1"),
             ({"scheduling_timeout": 0}, "cloud.scheduling_timeout", "must be >= 1"),
             ({"priority": "cheap"}, "cloud.priority", "'cost', 'balanced', 'speed'"),
@@ -204,8 +205,9 @@ class TestErrors:
         assert words in str(err) and repr(raw) in str(err)
 
     def test_bad_flavor_from_the_environment_is_refused(self) -> None:
-        """A malformed HF_JOBS_FLAVOR is refused like a malformed ``flavor`` key."""
-        assert config_error(HF_JOBS_FLAVOR="A10G Small").key == "cloud.flavor"
+        """A malformed HF_JOBS_FLAVOR is refused, naming the variable and the environment (not the file)."""
+        error = config_error(HF_JOBS_FLAVOR="A10G Small")
+        assert error.key == "HF_JOBS_FLAVOR" and error.file == "environment"
 
     def test_cloud_must_be_a_table(self) -> None:
         """``cloud = "on"`` is not a table."""
