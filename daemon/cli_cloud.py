@@ -9,6 +9,7 @@ import shutil
 import sys
 import time
 import uuid
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,42 @@ def _queue_into(inbox: Path, path: Path, request: dict[str, Any]) -> Path:
     return dest
 
 
+# -- usage --------------------------------------------------------------------------------------------
+
+
+def cmd_usage(settings: cfg.Settings, args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from diarist.daemon import usage
+    from diarist.policies.budget import BudgetCaps
+
+    ledger = _ledger(settings)
+    if ledger is None:
+        print(f"no ledger at {settings.daemon.ledger}: nothing processed yet")
+        return EXIT_OK
+    since = None
+    if args.since:
+        try:
+            since = date.fromisoformat(args.since)
+        except ValueError:
+            raise ConfigError(f"--since {args.since!r} is not a date", hint="use YYYY-MM-DD") from None
+    tz = ZoneInfo(settings.cloud.timezone)
+    caps = BudgetCaps(daily_usd=settings.cloud.daily_budget, monthly_usd=settings.cloud.monthly_budget)
+    now = time.time()
+
+    def view(by: str) -> Any:
+        return usage.collect(ledger, by=by, tz=tz, since=since, caps=caps, now=now)
+
+    if args.report:
+        page = usage.report_html(view("day"), view("user"), view("flavor"), generated=time.strftime("%Y-%m-%d %H:%M"))
+        args.report.write_text(page, encoding="utf-8")
+        print(f"wrote {args.report}")
+        return EXIT_OK
+    result = view(args.by)
+    print(json.dumps(usage.as_json(result), indent=2) if args.json else usage.as_table(result))
+    return EXIT_OK
+
+
 # -- parser -------------------------------------------------------------------------------------------
 
 
@@ -276,6 +313,14 @@ def add_commands(sub: Any, common: Any, wrap: Any) -> None:
     logs.add_argument("--follow", "-f", action="store_true")
     logs.add_argument("--tail", type=int, help="only the last N lines")
     logs.set_defaults(func=wrap(cmd_logs))
+
+    use = sub.add_parser("usage", help="cloud jobs, audio hours, spending, reservations and caps from the ledger")
+    common(use)
+    use.add_argument("--since", help="only from this date (YYYY-MM-DD, budget time zone)")
+    use.add_argument("--by", choices=["day", "user", "task", "flavor"], default="day")
+    use.add_argument("--json", action="store_true")
+    use.add_argument("--report", type=Path, help="write a self-contained HTML page with charts to this file")
+    use.set_defaults(func=wrap(cmd_usage))
 
     cancel = sub.add_parser("cancel", help="cancel a cloud job; its files fall back to local (or fail)")
     common(cancel)

@@ -10,23 +10,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import structlog
 
-from diarist.daemon.config import CloudSettings, ModelSettings
+from diarist.daemon.config import CloudSettings, ModelSettings, UserSettings
 from diarist.daemon.ledger import FileRow, JobRow, JobState, Ledger, State
 from diarist.handlers import cloud_fetch
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.cloud_submit import JobItem, JobSpec, Submitter
 from diarist.handlers.errors import CloudError, DiaristError, PermanentFileError, TransientError
-from diarist.policies.budget import settle_cost
-from diarist.policies.flavor import DEFAULT_THROUGHPUT, estimate_seconds, job_timeout_for
+from diarist.policies.budget import BudgetCaps, BudgetDecision, Cap, settle_cost
+from diarist.policies.flavor import DEFAULT_THROUGHPUT, estimate_seconds, job_timeout_for, update_throughput
 from diarist.policies.jobs import BatchSettings, QueuedFile, Verdict, judge_job, plan_batches
-from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, format_usd
+from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, PriceUnit, format_usd
 from diarist.policies.route import CloudState
 
 log = structlog.get_logger("diarist.cloud")
@@ -36,6 +37,8 @@ DEADLINE_GRACE_SECONDS = 300.0
 # A permanent refusal (token, credits) makes the route unavailable for this long before it is tried again.
 UNAVAILABLE_RETRY_SECONDS = 600.0
 LOG_TAIL_LINES = 20
+PRICES_KEY = "prices"
+THROUGHPUT_KEY = "throughput"
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class CloudCallbacks:
     fall_back: Callable[[FileRow, str, dict[str, Any]], None]
     status: Callable[[FileRow, str, str | None], None]
     item: Callable[[FileRow], JobItem]
+    user_of: Callable[[FileRow], str | None]
 
 
 class CloudRoute:
@@ -61,8 +65,11 @@ class CloudRoute:
         callbacks: CloudCallbacks,
         wall: Callable[[], float] = time.time,
         telemetry: bool = False,
+        users: Mapping[str, UserSettings] | None = None,
     ):
         self.settings = settings
+        self.users = dict(users or {})
+        self.tz = ZoneInfo(settings.timezone)
         self.models = models
         self.ledger = ledger
         self.host = host
@@ -93,6 +100,52 @@ class CloudRoute:
     def prices(self) -> list[FlavorPrice]:
         return list(self._prices.values())
 
+    def throughput(self) -> dict[str, float]:
+        """Audio seconds per running second per flavor: the defaults, moved by every settled job."""
+        stored = self.ledger.get_value(THROUGHPUT_KEY)
+        return {**DEFAULT_THROUGHPUT, **(stored[0] if stored else {})}
+
+    def caps(self, user: str | None) -> BudgetCaps:
+        prefs = self.users.get(user or "")
+        return BudgetCaps(
+            daily_usd=self.settings.daily_budget,
+            monthly_usd=self.settings.monthly_budget,
+            user_monthly_usd=prefs.cost_limit if prefs else None,
+            max_concurrent=self.settings.max_concurrent,
+        )
+
+    def _load_prices(self, hub: Hub) -> None:
+        """The Hub's price list, cached in the ledger for ``price_ttl``; the built-in table when neither works."""
+        cached = self.ledger.get_value(PRICES_KEY)
+        if cached and self._wall() - cached[1] < self.settings.price_ttl:
+            self._use_prices(cached[0], "the Hub's hardware list (cached in the ledger)")
+            return
+        try:
+            fetched = hub.prices()
+        except DiaristError as e:
+            if cached:
+                self._use_prices(cached[0], "the Hub's hardware list (stale cache: the Hub did not answer)")
+            log.warning("prices_unavailable", error=str(e), using=self._prices_source)
+            return
+        if fetched:
+            rows = [
+                {
+                    "name": p.name,
+                    "unit_cost_usd": str(p.unit_cost_usd),
+                    "unit": p.unit_label.value,
+                    "gpu": p.accelerator,
+                }
+                for p in fetched
+            ]
+            self.ledger.set_value(PRICES_KEY, rows)
+            self._use_prices(rows, "the Hub's hardware list")
+
+    def _use_prices(self, rows: list[dict[str, Any]], source: str) -> None:
+        self._prices = {
+            r["name"]: FlavorPrice(r["name"], Decimal(r["unit_cost_usd"]), PriceUnit(r["unit"]), r["gpu"]) for r in rows
+        }
+        self._prices_source = source
+
     def _mark_unavailable(self, error: DiaristError) -> None:
         self._unavailable = (f"the Hub refused: {error}", self._wall() + UNAVAILABLE_RETRY_SECONDS)
         log.warning("cloud_unavailable", error=str(error), retry_in=UNAVAILABLE_RETRY_SECONDS)
@@ -107,14 +160,7 @@ class CloudRoute:
                 endpoint=self.settings.endpoint,
             )
             self._submitter = Submitter(self._hub)
-            try:
-                fetched = self._hub.prices()
-            except DiaristError as e:
-                log.warning("prices_unavailable", error=str(e), using=self._prices_source)
-            else:
-                if fetched:
-                    self._prices = {p.name: p for p in fetched}
-                    self._prices_source = "the Hub's hardware list"
+            self._load_prices(self._hub)
             log.info("cloud_connected", namespace=self._hub.namespace, repo=self._hub.repo, prices=self._prices_source)
         return self._hub
 
@@ -150,8 +196,14 @@ class CloudRoute:
             self._fall_back_queue(unavailable)
             return
         s = self.settings
+        users = {r.id: self.cb.user_of(r) for r in queued}
         batches = plan_batches(
-            [QueuedFile(r.id, r.flavor or s.flavor, r.duration or 0.0, r.queued_at or r.updated_at) for r in queued],
+            [
+                QueuedFile(
+                    r.id, r.flavor or s.flavor, r.duration or 0.0, r.queued_at or r.updated_at, users[r.id] or ""
+                )
+                for r in queued
+            ],
             in_flight=len(self.ledger.open_jobs()),
             now=self._wall(),
             settings=BatchSettings(s.batch_max_files, s.batch_max_audio_seconds, s.batch_window, s.max_concurrent),
@@ -159,25 +211,88 @@ class CloudRoute:
         by_id = {r.id: r for r in queued}
         for batch in batches:
             rows = [by_id[i] for i in batch.file_ids]
-            throughput = DEFAULT_THROUGHPUT.get(batch.flavor, 1.0)
-            timeout = job_timeout_for(batch.audio_seconds, throughput)
-            price = self._prices.get(batch.flavor)
-            est = estimate_seconds(batch.audio_seconds, throughput, 120.0)
+            user = users[rows[0].id]
+            job = self._reserve(rows, batch.flavor, user)
+            if job is None:
+                continue
+            log.info("batch", batch=job.batch_id, files=len(self.ledger.job_files(job.batch_id)), flavor=job.flavor)
+            self._submit(job)
+
+    def _figures(self, flavor: str, audio_seconds: float) -> tuple[int, Decimal | None, Decimal | None]:
+        """Timeout, expected cost and worst-case cost (the price of the whole timeout) of one job."""
+        s = self.settings
+        throughput = self.throughput().get(flavor, 1.0)
+        timeout = job_timeout_for(
+            audio_seconds, throughput, startup_seconds=s.startup_seconds, min_seconds=s.min_job_timeout
+        )
+        price = self._prices.get(flavor)
+        if price is None:
+            return timeout, None, None
+        est = estimate_seconds(audio_seconds, throughput, s.startup_seconds)
+        return timeout, settle_cost(est, price), settle_cost(timeout, price)
+
+    def _reserve(self, rows: list[FileRow], flavor: str, user: str | None) -> JobRow | None:
+        """Reserve the biggest leading part of the batch that fits every cap; the rest waits or goes local.
+
+        The reservation is the job's worst case (its timeout's price), so what it really costs can never
+        take spending past a cap.
+        """
+        caps = self.caps(user)
+        decision = None
+        for n in range(len(rows), 0, -1):
+            part = rows[:n]
+            audio = sum(r.duration or 0.0 for r in part)
+            timeout, est, reserve = self._figures(flavor, audio)
+            if reserve is None:
+                reason = f"no price is known for flavor {flavor}"
+                for row in part:
+                    self._give_up_file(row, None, reason, None, [])
+                return None
             batch_id = uuid.uuid4().hex[:16]
-            self.ledger.create_job(
+            decision = self.ledger.reserve_job(
                 batch_id,
-                [r.id for r in rows],
+                [r.id for r in part],
+                caps=caps,
+                reserve_usd=reserve,
+                tz=self.tz,
+                user=user,
                 namespace=self.hub().namespace,
                 repo=self.hub().repo,
-                flavor=batch.flavor,
+                flavor=flavor,
                 host=self.host,
                 timeout_seconds=timeout,
-                audio_seconds=batch.audio_seconds,
-                est_usd=str(settle_cost(est, price)) if price else None,
-                reserve_usd=str(settle_cost(timeout, price)) if price else None,
+                audio_seconds=audio,
+                est_usd=str(est),
             )
-            log.info("batch", batch=batch_id, files=len(rows), flavor=batch.flavor, why=batch.reason)
-            self._submit(self.ledger.job(batch_id))
+            if decision.allowed:
+                return self.ledger.job(batch_id)
+            if decision.cap_name is Cap.CONCURRENCY:
+                return None  # a slot frees up when a job ends: wait, whatever the money says
+        assert decision is not None
+        self._over_budget(rows, decision)
+        return None
+
+    def _over_budget(self, rows: list[FileRow], decision: BudgetDecision) -> None:
+        """Not even one file fits: local when fallback is on (or waiting cannot help), else wait for the period."""
+        if self.settings.fallback or not decision.wait_helps:
+            for row in rows:
+                self.cb.fall_back(
+                    row,
+                    f"local: over the cloud budget: {decision.reason}",
+                    {
+                        "from": "budget",
+                        "cap": decision.cap_name.value if decision.cap_name else None,
+                        "reason": decision.reason,
+                    },
+                )
+            return
+        period = decision.cap_name.period if decision.cap_name else "period"
+        reason = f"deferred: budget: {decision.reason}; waits for the next budget {period} (fallback is off)"
+        for row in rows:
+            if row.route_reason != reason:
+                self.ledger.set_fields(row.id, route_reason=reason)
+                self.cb.status(row, "deferred", reason)
+                log.info("deferred", file=row.rel_path, reason=reason)
 
     def _spec(self, job: JobRow, rows: list[FileRow]) -> JobSpec:
         m = self.models
@@ -202,7 +317,9 @@ class CloudRoute:
     def _submit(self, job: JobRow) -> None:
         rows = [r for r in self.ledger.job_files(job.batch_id) if r.state is State.QUEUED]
         if not rows:
-            self.ledger.update_job(job.batch_id, state=JobState.FAILED.value, message="no files left to submit")
+            self.ledger.settle_job(
+                job.batch_id, state=JobState.FAILED, cost_usd=None, message="no files left to submit"
+            )
             return
         assert self._submitter is not None
         spec = self._spec(job, rows)
@@ -212,7 +329,7 @@ class CloudRoute:
             snap = self._submitter.start(spec)
         except CloudError as e:
             self._mark_unavailable(e)
-            self.ledger.update_job(job.batch_id, state=JobState.FAILED.value, message=str(e))
+            self.ledger.settle_job(job.batch_id, state=JobState.FAILED, cost_usd=None, message=str(e))
             for row in rows:
                 self._give_up_file(row, job, f"the cloud job could not be started: {e}", None, [])
             self._cleanup(self.ledger.job(job.batch_id))  # the audio must not stay on the Hub
@@ -330,12 +447,8 @@ class CloudRoute:
             else:
                 why = (got.error or {}).get("message") or "the job completed without a result for this file"
                 self._give_up_file(row, job, f"cloud job {job.job_id} completed but {why}", snap, [])
-        self.ledger.update_job(
-            job.batch_id,
-            state=JobState.COLLECTED.value,
-            finished_at=self._wall(),
-            cost_usd=str(cost) if cost is not None else None,
-        )
+        self.ledger.settle_job(job.batch_id, state=JobState.COLLECTED, cost_usd=cost, finished_at=self._wall())
+        self._learn(job, snap)
         log.info(
             "job_collected",
             job=job.job_id,
@@ -344,15 +457,24 @@ class CloudRoute:
         )
         self._cleanup(job)
 
+    def _learn(self, job: JobRow, snap: JobSnapshot) -> None:
+        """A settled job teaches the throughput table (estimates, timeouts and reservations get truer)."""
+        if not job.audio_seconds or not snap.running_seconds:
+            return
+        table = update_throughput(
+            self.throughput(),
+            job.flavor,
+            job.audio_seconds,
+            snap.running_seconds,
+            startup_seconds=min(self.settings.startup_seconds, snap.running_seconds * 0.5),
+        )
+        self.ledger.set_value(THROUGHPUT_KEY, table)
+
     def _give_up(self, job: JobRow, reason: str, snap: JobSnapshot | None) -> None:
         lines = self.hub().last_lines(job.job_id, LOG_TAIL_LINES) if job.job_id else []
         cost = self._cost(job, snap.running_seconds if snap else None)
-        self.ledger.update_job(
-            job.batch_id,
-            state=JobState.FAILED.value,
-            finished_at=self._wall(),
-            message=reason,
-            cost_usd=str(cost) if cost is not None else None,
+        self.ledger.settle_job(
+            job.batch_id, state=JobState.FAILED, cost_usd=cost, finished_at=self._wall(), message=reason
         )
         for row in self.ledger.job_files(job.batch_id):
             if row.state is not State.SUBMITTED:

@@ -12,9 +12,11 @@ import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
@@ -104,6 +106,27 @@ class CloudSettings:
     keep_staged: bool = False
     #: Hub API endpoint; None: $HF_ENDPOINT, else https://huggingface.co
     endpoint: str | None = None
+    #: spending caps in USD (None: no cap); checked with every job's worst case before it is started
+    daily_budget: Decimal | None = None
+    monthly_budget: Decimal | None = None
+    #: budget days and months begin at midnight here
+    timezone: str = "UTC"
+    #: container start + model download before the first audio second (billed; used in estimates and timeouts)
+    startup_seconds: float = 120.0
+    #: shortest timeout a job is submitted with
+    min_job_timeout: int = 600
+    #: how long the Hub's price list is trusted before it is read again
+    price_ttl: float = 3600.0
+
+
+@dataclass(frozen=True)
+class UserSettings:
+    """``[users.<name>]``: the seed's per-user preferences (a file's user comes from its inbox or sidecar)."""
+
+    prefer_cloud: bool | None = None
+    priority_processing: bool = False
+    #: USD per budget month for this user's cloud jobs
+    cost_limit: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +135,7 @@ class Settings:
     models: ModelSettings
     inboxes: tuple[InboxSettings, ...]
     cloud: CloudSettings = field(default_factory=CloudSettings)
+    users: Mapping[str, UserSettings] = field(default_factory=dict)
     source: Path | None = None
     hf_token: str | None = field(default=None, repr=False)
 
@@ -264,8 +288,11 @@ _CLOUD_ENV = {
     "HF_JOBS_MIN_FILE_SIZE": "min_file_size",
     "HF_JOBS_PREFER_CLOUD": "prefer_cloud",
     "HF_JOBS_POLL_INTERVAL": "poll_interval",
+    "HF_JOBS_DAILY_BUDGET": "daily_budget",
+    "HF_JOBS_MONTHLY_BUDGET": "monthly_budget",
 }
 _CLOUD_KEYS = {f.name for f in fields(CloudSettings)}
+_ENV_KINDS: dict[str, type] = {"daily_budget": float, "monthly_budget": float}
 
 
 def _env_value(name: str, raw: str, kind: type, file: str) -> Any:
@@ -290,7 +317,7 @@ def _cloud(table: Any, file: str, env: Mapping[str, str]) -> CloudSettings:
     merged = dict(table)
     for var, key in _CLOUD_ENV.items():
         if env.get(var):
-            kind = type(getattr(defaults, key)) if getattr(defaults, key) is not None else str
+            kind = _ENV_KINDS.get(key) or (type(getattr(defaults, key)) if getattr(defaults, key) is not None else str)
             merged[key] = _env_value(var, env[var], kind, file)
     from_env = {key: var for var, key in _CLOUD_ENV.items() if env.get(var)}
     try:
@@ -335,7 +362,47 @@ def _cloud_settings(r: _Reader, env: Mapping[str, str], defaults: CloudSettings)
         scheduling_timeout=r.number("scheduling_timeout", defaults.scheduling_timeout, minimum=1),
         keep_staged=r.get("keep_staged", bool, defaults.keep_staged),
         endpoint=endpoint.rstrip("/") if endpoint else None,
+        daily_budget=_money(r, "daily_budget"),
+        monthly_budget=_money(r, "monthly_budget"),
+        timezone=_timezone(r),
+        startup_seconds=r.number("startup_seconds", defaults.startup_seconds),
+        min_job_timeout=_whole(r, "min_job_timeout", defaults.min_job_timeout, 60),
+        price_ttl=r.number("price_ttl", defaults.price_ttl),
     )
+
+
+def _money(r: _Reader, name: str) -> Decimal | None:
+    value = r.get(name, (int, float))
+    if value is None:
+        return None
+    if value < 0:
+        raise r.fail(name, f"must be a dollar amount >= 0, got {value}")
+    return Decimal(str(value))
+
+
+def _timezone(r: _Reader) -> str:
+    name = r.get("timezone", str, "UTC")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise r.fail("timezone", f'must be an IANA time zone such as "Europe/Berlin", got {name!r}') from None
+    return name
+
+
+def _users(table: Any, file: str) -> dict[str, UserSettings]:
+    if not isinstance(table, dict):
+        raise ConfigError("expected a table of [users.<name>] tables", key="users", file=file)
+    users = {}
+    for name, prefs in table.items():
+        if not isinstance(prefs, dict):
+            raise ConfigError("expected a table", key=f"users.{name}", file=file)
+        r = _Reader(prefs, f"users.{name}", file, {"prefer_cloud", "priority_processing", "cost_limit"})
+        users[name] = UserSettings(
+            prefer_cloud=r.get("prefer_cloud", bool),
+            priority_processing=r.get("priority_processing", bool, False),
+            cost_limit=_money(r, "cost_limit"),
+        )
+    return users
 
 
 def parse_settings(
@@ -344,7 +411,7 @@ def parse_settings(
     """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()
-    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud"})
+    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users"})
     d = _Reader(
         top.get("daemon", dict, {}),
         "daemon",
@@ -389,6 +456,7 @@ def parse_settings(
         models=models,
         inboxes=tuple(_inbox(t, i, file, base) for i, t in enumerate(inboxes)),
         cloud=_cloud(top.get("cloud", dict, {}), file, env),
+        users=_users(top.get("users", dict, {}), file),
         source=Path(file) if file != "<config>" else None,
         hf_token=env.get("HF_TOKEN") or None,
     )

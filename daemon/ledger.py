@@ -20,13 +20,26 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
 from diarist.handlers.errors import TransientError
+from diarist.policies.budget import (
+    ZERO_USD,
+    BudgetCaps,
+    BudgetDecision,
+    BudgetTotals,
+    PeriodTotal,
+    check_budget,
+    period_bounds,
+)
+from diarist.policies.pricing import usd
 
 
 class State(str, Enum):
@@ -136,6 +149,7 @@ class JobRow:
     cancel_requested: str | None
     staged: str | None
     audio_seconds: float | None
+    user: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> JobRow:
@@ -247,12 +261,17 @@ class Ledger:
                     "cancel_requested": str,
                     "staged": str,
                     "audio_seconds": float,
+                    "user": str,
                 },
                 pk="batch_id",
                 not_null={"state", "namespace", "repo", "flavor"},
             )
             db["jobs"].create_index(["job_id"])
             db["jobs"].create_index(["state"])
+        if "user" not in db["jobs"].columns_dict:
+            db["jobs"].add_column("user", str)
+        if "kv" not in db.table_names():
+            db["kv"].create({"key": str, "value": str, "updated_at": float}, pk="key")
         if "hosts" not in db.table_names():
             db["hosts"].create({"host": str, "pid": int, "started_at": float, "heartbeat_at": float}, pk="host")
         if "events" not in db.table_names():
@@ -380,6 +399,88 @@ class Ledger:
     def update_job(self, batch_id: str, **fields: Any) -> None:
         with self.transaction() as db:
             db["jobs"].update(batch_id, fields)
+
+    # -- budget: reserve at submit, settle (or release) when the job ends ---------------------------
+
+    def _totals(self, db: sqlite_utils.Database, now: float, tz: ZoneInfo, user: str | None) -> BudgetTotals:
+        """Spent (settled jobs) and reserved (open jobs) per period; a job counts in the period it was reserved."""
+        periods = period_bounds(datetime.fromtimestamp(now, UTC), tz)
+        day = (periods.day_start.timestamp(), periods.day_end.timestamp())
+        month = (periods.month_start.timestamp(), periods.month_end.timestamp())
+        sums = {k: [ZERO_USD, ZERO_USD] for k in ("day", "month", "user")}
+        in_flight = 0
+        rows = db.query(
+            "select state, created_at, reserve_usd, cost_usd, user from jobs where created_at >= ? or state in (?, ?)",
+            [min(day[0], month[0]), *OPEN_JOB_STATES],
+        )
+        for r in rows:
+            is_open = r["state"] in OPEN_JOB_STATES
+            in_flight += is_open
+            amount = usd(r["reserve_usd"] or 0) if is_open else usd(r["cost_usd"] or 0)
+            slot = 1 if is_open else 0
+            for name, (start, end) in (("day", day), ("month", month)):
+                if start <= r["created_at"] < end:
+                    sums[name][slot] += amount
+                    if name == "month" and user is not None and r["user"] == user:
+                        sums["user"][slot] += amount
+        return BudgetTotals(
+            day=PeriodTotal(*sums["day"]),
+            month=PeriodTotal(*sums["month"]),
+            user_month=PeriodTotal(*sums["user"]),
+            jobs_in_flight=in_flight,
+        )
+
+    def budget_totals(self, tz: ZoneInfo, user: str | None = None) -> BudgetTotals:
+        return self._totals(self.db, self._clock(), tz, user)
+
+    def reserve_job(
+        self,
+        batch_id: str,
+        file_ids: list[int],
+        *,
+        caps: BudgetCaps,
+        reserve_usd: Decimal,
+        tz: ZoneInfo,
+        user: str | None = None,
+        **fields: Any,
+    ) -> BudgetDecision:
+        """Check the caps and record the batch in one write transaction, so two submitters (threads or
+        processes) can never both fit into the same headroom. Nothing is written when the check refuses."""
+        now = self._clock()
+        with self.transaction() as db:
+            decision = check_budget(caps, self._totals(db, now, tz, user), reserve_usd)
+            if not decision.allowed:
+                return decision
+            db["jobs"].insert(
+                {
+                    "batch_id": batch_id,
+                    "state": JobState.SUBMITTING.value,
+                    "created_at": now,
+                    "reserve_usd": str(reserve_usd),
+                    "user": user,
+                    **fields,
+                }
+            )
+            for file_id in file_ids:
+                db["files"].update(file_id, {"batch_id": batch_id, "updated_at": now})
+        return decision
+
+    def settle_job(self, batch_id: str, *, state: JobState, cost_usd: Decimal | None, **fields: Any) -> None:
+        """Close a job: its reservation is released and what it really cost (nothing if it never ran) is spent."""
+        assert state not in (JobState.SUBMITTING, JobState.IN_FLIGHT)
+        with self.transaction() as db:
+            db["jobs"].update(
+                batch_id,
+                {"state": state.value, "cost_usd": str(cost_usd if cost_usd is not None else ZERO_USD), **fields},
+            )
+
+    def get_value(self, key: str) -> tuple[Any, float] | None:
+        row = next(self.db.query("select value, updated_at from kv where key = ?", [key]), None)
+        return (json.loads(row["value"]), row["updated_at"]) if row else None
+
+    def set_value(self, key: str, value: Any) -> None:
+        with self.transaction() as db:
+            db["kv"].upsert({"key": key, "value": json.dumps(value), "updated_at": self._clock()}, pk="key")
 
     def job(self, batch_id: str) -> JobRow:
         return JobRow.from_row(self.db["jobs"].get(batch_id))

@@ -43,10 +43,9 @@ from diarist.handlers.results import (
     status_document,
     write_result,
 )
-from diarist.policies.budget import BudgetCaps, BudgetTotals
 from diarist.policies.flavor import Task
 from diarist.policies.intake import ignore_reason
-from diarist.policies.route import FileFacts, Route, RouteSettings, decide_route
+from diarist.policies.route import FileFacts, Route, RouteSettings, UserPrefs, decide_route
 from diarist.policies.sidecar import SIDECAR_SUFFIX, FileRequest, SidecarError, parse_sidecar_text, sidecar_names
 
 log = structlog.get_logger("diarist")
@@ -143,9 +142,11 @@ class Daemon:
                 fall_back=self._fall_back,
                 status=self._cloud_status,
                 item=self._job_item,
+                user_of=self._user_of,
             ),
             wall=wall,
             telemetry=settings.daemon.telemetry,
+            users=settings.users,
         )
         self._scheduler: BackgroundScheduler | None = None
         self._started_at = wall()
@@ -490,25 +491,35 @@ class Daemon:
             self._wake.set()
             return
         c = self.settings.cloud
+        user = self._user_of(row)
+        prefs = self.settings.users.get(user or "")
         override = _request(row).as_override()
         if c.flavor != "auto" and override.flavor is None and override.priority is None:
             override = dataclasses.replace(override, flavor=c.flavor)
         decision = decide_route(
             FileFacts(size_bytes=row.size or 0, duration_seconds=duration, task=task),
             cloud=self.cloud.state(),
-            caps=BudgetCaps(max_concurrent=c.max_concurrent),
-            totals=BudgetTotals(jobs_in_flight=len(self.ledger.open_jobs())),
+            caps=self.cloud.caps(user),
+            totals=self.ledger.budget_totals(self.cloud.tz, user),
             inbox_route=inbox.route,
             override=override,
+            prefs=UserPrefs(prefs.prefer_cloud, prefs.priority_processing, prefs.cost_limit) if prefs else None,
             settings=RouteSettings(
-                min_file_size=c.min_file_size, prefer_cloud=c.prefer_cloud, default_priority=c.priority
+                min_file_size=c.min_file_size,
+                prefer_cloud=c.prefer_cloud,
+                default_priority=c.priority,
+                startup_seconds=c.startup_seconds,
+                min_job_timeout_seconds=c.min_job_timeout,
             ),
             local_gpu=self.engine.has_gpu,
             prices=self.cloud.prices(),
+            throughput=self.cloud.throughput(),
         )
         log.info("routed", file=row.rel_path, route=decision.route.value, reason=decision.reason)
         if decision.route is Route.LOCAL:
-            self.ledger.set_fields(row.id, route="local", route_reason=decision.reason, duration=duration)
+            self.ledger.set_fields(
+                row.id, route="local", route_reason=decision.reason, duration=duration, task=task.value
+            )
             self._wake.set()
             return
         self.ledger.transition(
@@ -517,11 +528,13 @@ class Daemon:
             route="cloud",
             route_reason=decision.reason,
             duration=duration,
+            task=task.value,
             flavor=decision.flavor,
             queued_at=self._wall(),
         )
+        state = "deferred" if decision.route is Route.DEFERRED else "queued"
         self._write_status(
-            inbox, row.rel_path, "queued", progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND
+            inbox, row.rel_path, state, progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND
         )
 
     def _question(self, row: FileRow, inbox: InboxSettings) -> tuple[Task, dict[str, int]]:
@@ -592,6 +605,10 @@ class Daemon:
         bound.warning("failed", error=str(error), moved_to=str(moved))
 
     # -- cloud callbacks (called from the scheduler thread) ------------------------------------------
+
+    def _user_of(self, row: FileRow) -> str | None:
+        inbox = self._inboxes.get(row.inbox)
+        return _request(row).user or (inbox.user if inbox else None)
 
     def _job_item(self, row: FileRow) -> JobItem:
         inbox = self._inboxes[row.inbox]

@@ -25,6 +25,8 @@ class QueuedFile:
     flavor: str
     duration_seconds: float
     queued_at: float
+    #: files of different groups never share a job (the daemon groups by user: budgets are per user)
+    group: str = ""
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ class Batch:
 def plan_batches(queue: Sequence[QueuedFile], *, in_flight: int, now: float, settings: BatchSettings) -> list[Batch]:
     """Batches to submit now, oldest file first, at most the free job slots.
 
-    A batch takes the oldest queued file and the next files for the same flavor, up to ``max_files`` and
+    A batch takes the oldest queued file and the next files for the same flavor and group, up to ``max_files`` and
     ``max_audio_seconds`` (a single file longer than that still goes, alone). It leaves when it is full or
     when its oldest file has waited ``window`` seconds; otherwise everything waits, so files that arrive
     together share one job and pay the container start once. Files stay in queue order per flavor.
@@ -55,7 +57,7 @@ def plan_batches(queue: Sequence[QueuedFile], *, in_flight: int, now: float, set
         audio = head.duration_seconds
         full = False
         for other in queue:
-            if other.file_id in taken or other is head or other.flavor != head.flavor:
+            if other.file_id in taken or other is head or (other.flavor, other.group) != (head.flavor, head.group):
                 continue
             if other.queued_at < head.queued_at:
                 continue

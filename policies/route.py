@@ -13,6 +13,7 @@ from .flavor import (
     DEFAULT_STARTUP_SECONDS,
     DEFAULT_THROUGHPUT,
     MAX_JOB_TIMEOUT_SECONDS,
+    MIN_JOB_TIMEOUT_SECONDS,
     CostEstimate,
     Priority,
     Task,
@@ -98,6 +99,7 @@ class RouteSettings:
     default_priority: Priority = Priority.BALANCED
     max_job_timeout_seconds: int = MAX_JOB_TIMEOUT_SECONDS
     startup_seconds: float = DEFAULT_STARTUP_SECONDS
+    min_job_timeout_seconds: int = MIN_JOB_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ def decide_route(
         settings.max_job_timeout_seconds,
         settings.startup_seconds,
         forced_flavor=override.flavor,
+        min_timeout_seconds=settings.min_job_timeout_seconds,
     )
     estimate = choice.estimate
     if estimate is None:

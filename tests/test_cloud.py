@@ -10,14 +10,19 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from decimal import Decimal
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from diarist.daemon.config import parse_settings
-from diarist.daemon.ledger import Ledger
+from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
 from diarist.handlers.results import parse_rttm, validate_result
 
@@ -66,7 +71,14 @@ def emu() -> Iterator[HubEmulator]:
 
 class CloudDaemon:
     def __init__(
-        self, tmp_path: Path, emu: HubEmulator, engine: Any, cloud: dict[str, Any], token: str, models: dict[str, Any]
+        self,
+        tmp_path: Path,
+        emu: HubEmulator,
+        engine: Any,
+        cloud: dict[str, Any],
+        token: str,
+        models: dict[str, Any],
+        inbox: dict[str, Any] | None = None,
     ):
         self.inbox, self.outbox = tmp_path / "inbox", tmp_path / "outbox"
         self.ledger_path = tmp_path / "state" / "ledger.db"
@@ -88,6 +100,7 @@ class CloudDaemon:
                         "polling": False,
                         "stability_seconds": 0.5,
                         "route": "cloud",
+                        **(inbox or {}),
                     }
                 ],
             },
@@ -111,9 +124,11 @@ class CloudDaemon:
 def cloud_daemon(tmp_path: Path, emu: HubEmulator, engine: Any) -> Iterator[Any]:
     made: list[CloudDaemon] = []
 
-    def make(token: str = TOKEN, models: dict[str, Any] | None = None, **cloud: Any) -> CloudDaemon:
+    def make(
+        token: str = TOKEN, models: dict[str, Any] | None = None, inbox: dict[str, Any] | None = None, **cloud: Any
+    ) -> CloudDaemon:
         # the daemon runs the session's warm engine locally; ``models`` only changes what the job is told to load
-        d = CloudDaemon(tmp_path, emu, engine, cloud, token, models or {})
+        d = CloudDaemon(tmp_path, emu, engine, cloud, token, models or {}, inbox)
         d.daemon.start()
         made.append(d)
         return d
@@ -319,3 +334,158 @@ def test_cloud_unavailable_sends_files_local_with_the_reason(
     assert doc["engine"]["backend"] == "pyannote-local"
     assert why in doc["route"]["reason"]
     assert not emu.jobs and not emu.requests, "nothing was sent to the Hub"
+
+
+# -- budgets ------------------------------------------------------------------------------------------------
+
+BUDGET = {
+    "daily_budget": 0.05,
+    # a10g-small at $1.00/h is $0.016667 a minute on the Hub's list: with a 45 s start-up a job of up to 10 min of
+    # audio gets a 2 min timeout, so its worst case is $0.033334: one fits under $0.05, two do not
+    "startup_seconds": 45,
+    "min_job_timeout": 60,
+    "timezone": "Europe/Berlin",
+}
+
+
+class CommitMonitor:
+    """Samples the day's committed spending (settled + reserved) from its own ledger connection."""
+
+    def __init__(self, path: Path) -> None:
+        from zoneinfo import ZoneInfo
+
+        self.path, self.tz, self.peak = path, ZoneInfo("Europe/Berlin"), Decimal(0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        ledger = Ledger(self.path)
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, ledger.budget_totals(self.tz).day.committed_usd)
+
+    def stop(self) -> Decimal:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
+    cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    recordings = []
+    for n in range(20):  # 10 minutes each: a stretch of the sample, then silence; distinct content
+        dst = tmp_path / "src" / f"rec{n:02d}.flac"
+        dst.parent.mkdir(exist_ok=True)
+        audio = f"atrim=start={n}:duration=8,adelay={n * 10}:all=1,apad=whole_dur=600"
+        subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample[0]), "-af", audio, str(dst)], check=True)
+        recordings.append(dst)
+    d = cloud_daemon(fallback=False, inbox={"task": "vad"}, **BUDGET)
+    monitor = CommitMonitor(d.ledger_path)
+    for rec in recordings:
+        copy(rec, d.inbox / rec.name)
+
+    def settled_and_waiting() -> bool:
+        jobs = d.ledger.jobs()
+        deferred = [p for p in d.outbox.glob("*.status.json") if json.loads(p.read_text())["state"] == "deferred"]
+        return bool(jobs) and not d.ledger.open_jobs() and len(deferred) == 19
+
+    wait_until(settled_and_waiting, 400, "one job settled and nineteen files deferred")
+    time.sleep(2)  # more scheduler ticks: nothing else may go out
+    peak = monitor.stop()
+
+    assert peak <= Decimal("0.05"), f"committed {peak} > the $0.05 cap"
+    assert len(emu.jobs) == 1 and len(d.ledger.jobs()) == 1
+    (job,) = d.ledger.jobs()
+    assert Decimal(job.reserve_usd) == Decimal("0.033334") and Decimal(job.cost_usd) <= Decimal(job.reserve_usd)
+    # VAD of 10 min of audio on this CPU (the emulator runs jobs here, not on an A10G) takes 60-130 s against a
+    # 120 s timeout: the job may complete or be stopped by the Hub; either way it settled within its reservation
+    if job.state.value == "collected":
+        (done,) = list(d.outbox.glob("rec*.json"))
+        doc = validate_result(json.loads(done.read_text()))
+        assert doc["engine"]["backend"] == "hf-jobs" and doc["task"] == "vad" and doc["vad"]
+        assert "within budget" in doc["route"]["reason"]
+    else:
+        (failed,) = list(d.outbox.glob("rec*.error.json"))
+        assert "timed out" in json.loads(failed.read_text())["error"]
+    for status in d.outbox.glob("*.status.json"):
+        st = json.loads(status.read_text())
+        assert st["state"] == "deferred" and "daily" in st["note"] and "next budget day" in st["note"], st
+    queued = d.ledger.in_state(State.QUEUED)
+    assert len(queued) == 19 and all(Path(r.claim_path).is_file() for r in queued), "waiting, never dropped"
+
+    # `diarist usage` and its HTML report on this ledger with a real settled job
+    config = tmp_path / "usage.toml"
+    config.write_text(
+        f'[daemon]\nledger = "{d.ledger_path}"\n[cloud]\ndaily_budget = 0.05\ntimezone = "Europe/Berlin"\n'
+    )
+    cli = [sys.executable, "-m", "diarist.daemon.cli", "--config", str(config), "usage"]
+    out = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert out["total"]["jobs"] == 1 and Decimal(out["total"]["spent"]) == Decimal(job.cost_usd)
+    assert abs(out["total"]["cloud_hours"] - 600 / 3600) < 0.01
+    assert Decimal(out["caps"]["daily_left"]) == Decimal("0.05") - Decimal(job.cost_usd)
+    table = subprocess.run([*cli, "--by", "flavor"], capture_output=True, text=True, check=True).stdout
+    assert "a10g-small" in table and "of $0.05" in table
+    report = tmp_path / "usage.html"
+    subprocess.run([*cli, "--report", str(report)], check=True, capture_output=True)
+    page = ReportParser()
+    page.feed(report.read_text())
+    assert page.svgs >= 4 and page.bars >= 1 and page.cap_lines == 1
+    embedded = json.loads(page.data)
+    assert Decimal(embedded["by_day"]["total"]["spent"]) == Decimal(job.cost_usd)
+
+
+def test_over_budget_files_fall_back_to_local_and_say_why(
+    cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path
+) -> None:
+    clips = []
+    for n in range(20):
+        dst = tmp_path / "src" / f"short{n:02d}.wav"
+        dst.parent.mkdir(exist_ok=True)
+        start = 3 + n * 1.2
+        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", str(start), "-t", "4", "-i", str(sample[0]), str(dst)]
+        subprocess.run(cmd, check=True)
+        clips.append(dst)
+    # one file per job keeps the admitted job short while nineteen local runs share the CPU with it
+    d = cloud_daemon(batch_max_files=1, **BUDGET)
+    monitor = CommitMonitor(d.ledger_path)
+    for clip in clips:
+        copy(clip, d.inbox / clip.name)
+    docs = [d.result(c.name, timeout=300) for c in clips]
+    wait_until(lambda: not d.ledger.open_jobs(), 60, "the cloud job settled")
+    peak = monitor.stop()
+
+    assert peak <= Decimal("0.05"), f"committed {peak} > the $0.05 cap"
+    cloud = [x for x in docs if x["engine"]["backend"] == "hf-jobs"]
+    local = [x for x in docs if x["engine"]["backend"] == "pyannote-local"]
+    assert len(cloud) == 1 and len(local) == 19, [x["route"]["reason"] for x in docs]
+    assert len({x["engine"]["job_id"] for x in cloud}) == len(emu.jobs)
+    for x in local:
+        # refused when routed (a reservation already holds the headroom) or when the batch was reserved
+        reason = x["route"]["reason"]
+        assert reason.startswith("local:") and "daily_usd $0.05 would be exceeded" in reason, reason
+        if "fallback" in x["route"]:
+            assert x["route"]["fallback"]["from"] == "budget" and x["route"]["fallback"]["cap"] == "daily_usd"
+
+
+class ReportParser(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.svgs = self.bars = self.cap_lines = 0
+        self.data = ""
+        self._in_data = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.svgs += tag == "svg"
+        self.bars += tag == "rect" and a.get("class") == "bar"
+        self.cap_lines += tag == "line" and a.get("class") == "cap"
+        self._in_data = tag == "script" and a.get("id") == "usage-data"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_data:
+            self.data += data
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_data = False
