@@ -194,7 +194,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         when = datetime.fromtimestamp(r["updated_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         extra = r["error"] or ("reused" if r["reused_from"] else r["route"] or "")
-        print(f"{when}  {r['state']:<10} {r['rel_path']}  {extra}")
+        state = r["state"]
+        if state == "queued" and (r["route_reason"] or "").startswith("deferred:"):
+            state, extra = "deferred", r["route_reason"].removeprefix("deferred: ")
+        print(f"{when}  {state:<10} {r['rel_path']}  {extra}")
     return EXIT_OK
 
 

@@ -543,8 +543,8 @@ class Ledger:
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:
         return list(
             self.db.query(
-                "select id, inbox, rel_path, state, sha256, route, error, inference_runs, reused_from, updated_at "
-                "from files order by updated_at desc, id desc limit ?",
+                "select id, inbox, rel_path, state, sha256, route, route_reason, error, inference_runs, reused_from, "
+                "updated_at from files order by updated_at desc, id desc limit ?",
                 [limit],
             )
         )

@@ -401,7 +401,7 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
     # VAD of 10 min of audio on this CPU (the emulator runs jobs here, not on an A10G) takes 60-130 s against a
     # 120 s timeout: the job may complete or be stopped by the Hub; either way it settled within its reservation
     if job.state.value == "collected":
-        (done,) = list(d.outbox.glob("rec*.json"))
+        (done,) = [p for p in d.outbox.glob("rec*.json") if p.suffixes == [".json"]]
         doc = validate_result(json.loads(done.read_text()))
         assert doc["engine"]["backend"] == "hf-jobs" and doc["task"] == "vad" and doc["vad"]
         assert "within budget" in doc["route"]["reason"]
@@ -414,11 +414,18 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
     queued = d.ledger.in_state(State.QUEUED)
     assert len(queued) == 19 and all(Path(r.claim_path).is_file() for r in queued), "waiting, never dropped"
 
-    # `diarist usage` and its HTML report on this ledger with a real settled job
+    # `diarist status` says why they wait; `diarist usage` and its HTML report work on the settled job
     config = tmp_path / "usage.toml"
     config.write_text(
         f'[daemon]\nledger = "{d.ledger_path}"\n[cloud]\ndaily_budget = 0.05\ntimezone = "Europe/Berlin"\n'
     )
+    status = subprocess.run(
+        [sys.executable, "-m", "diarist.daemon.cli", "--config", str(config), "status", "--limit", "30"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert status.count(" deferred ") == 19 and "budget: daily_usd" in status, status
     cli = [sys.executable, "-m", "diarist.daemon.cli", "--config", str(config), "usage"]
     out = json.loads(subprocess.run([*cli, "--json"], capture_output=True, text=True, check=True).stdout)
     assert out["total"]["jobs"] == 1 and Decimal(out["total"]["spent"]) == Decimal(job.cost_usd)
