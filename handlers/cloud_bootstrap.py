@@ -1,7 +1,7 @@
 """First code a diarist cloud job runs (stdlib only; sent as ``python -c``).
 
-It downloads the diarist wheel staged next to the inputs, installs the runtime stack only when the image
-lacks it (a stock PyTorch image does; a prepared image or the test emulator does not), puts the wheel's code
+It downloads the diarist wheel staged next to the inputs, installs FFmpeg and the runtime stack only when the
+image lacks them (a stock PyTorch image does; a prepared image or the test emulator does not), puts the wheel's code
 first on ``sys.path`` and hands over to ``diarist.handlers.cloud_job``. The job therefore runs exactly the
 code the daemon shipped, whatever diarist version the image may contain.
 
@@ -10,6 +10,7 @@ Usage: python -c "$(cat cloud_bootstrap.py)" REPO WHEEL_PATH MANIFEST_PATH
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,11 @@ def main(argv: list) -> int:
     wheel = os.path.join(work, os.path.basename(wheel_path))
     print(f"diarist job: fetching {wheel_path}", flush=True)
     fetch(repo, wheel_path, wheel)
+    if shutil.which("ffmpeg") is None:
+        # stock PyTorch images have no FFmpeg; diarist decodes every format through it
+        print("diarist job: installing ffmpeg", flush=True)
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "ffmpeg"], check=True)
     missing = missing_stack()
     if missing:
         print(f"diarist job: installing the runtime stack (missing: {', '.join(missing)})", flush=True)
