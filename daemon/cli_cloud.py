@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from diarist.daemon import config as cfg
+from diarist.handlers.cloud_submit import label_value
 from diarist.handlers.errors import ConfigError, DiaristError
 from diarist.policies.budget import settle_cost
 from diarist.policies.flavor import Priority
@@ -67,7 +68,7 @@ def _file_user(settings: cfg.Settings, row: Any) -> str | None:
 
 def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
     if args.orphans:
-        return _orphans(settings, cancel=args.cancel_orphans)
+        return _orphans(settings, cancel=args.cancel_orphans, all_hosts=args.all_hosts)
     ledger = _ledger(settings)
     if ledger is None:
         print(f"no ledger at {settings.daemon.ledger}: no cloud jobs yet")
@@ -125,13 +126,15 @@ def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _orphans(settings: cfg.Settings, *, cancel: bool) -> int:
+def _orphans(settings: cfg.Settings, *, cancel: bool, all_hosts: bool) -> int:
     hub = _hub(settings)
     ledger = _ledger(settings)
     known = ledger.known_job_ids() if ledger else set()
-    orphans = [j for j in hub.find({"app": "diarist"}) if j.job_id not in known]
+    labels = {"app": "diarist"} if all_hosts else {"app": "diarist", "host": label_value(settings.daemon.host_id)}
+    orphans = [j for j in hub.find(labels) if j.job_id not in known]
     if not orphans:
-        print(f"no orphaned diarist jobs in {hub.namespace}")
+        where = "" if all_hosts else f" from host {settings.daemon.host_id} (--all-hosts: every host)"
+        print(f"no orphaned diarist jobs in {hub.namespace}{where}")
         return EXIT_OK
     for job in orphans:
         alive = job.stage in ("SCHEDULING", "RUNNING")
@@ -304,6 +307,9 @@ def add_commands(sub: Any, common: Any, wrap: Any) -> None:
     jobs.add_argument("--all", action="store_true", help="include finished jobs")
     jobs.add_argument("--orphans", action="store_true", help="jobs labelled app=diarist that the ledger does not know")
     jobs.add_argument("--cancel-orphans", action="store_true", help="with --orphans: cancel the live ones")
+    jobs.add_argument(
+        "--all-hosts", action="store_true", help="with --orphans: other hosts' jobs too (their ledgers know them)"
+    )
     jobs.add_argument("--json", action="store_true")
     jobs.set_defaults(func=wrap(cmd_jobs))
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -51,6 +53,17 @@ class CloudCallbacks:
     status: Callable[[FileRow, str, str | None], None]
     item: Callable[[FileRow], JobItem]
     user_of: Callable[[FileRow], str | None]
+
+
+@contextmanager
+def _one_job(job: JobRow) -> Iterator[None]:
+    """One job's trouble is logged and left for the next tick; the other jobs still get their turn."""
+    try:
+        yield
+    except TransientError as e:
+        log.warning("cloud_retry", batch=job.batch_id, job=job.job_id, error=str(e))
+    except Exception:
+        log.exception("cloud_job_error", batch=job.batch_id, job=job.job_id)
 
 
 class CloudRoute:
@@ -171,7 +184,8 @@ class CloudRoute:
         try:
             if not self.settings.enabled or not self.token:
                 self._fall_back_queue("the cloud route is not available")
-                return
+                if not self.token or not self.ledger.open_jobs():
+                    return  # with a token, jobs already in flight are still seen through
             if self.ledger.in_state(State.QUEUED) or self.ledger.open_jobs():
                 try:
                     self.hub()
@@ -322,13 +336,24 @@ class CloudRoute:
             )
             return
         assert self._submitter is not None
-        spec = self._spec(job, rows)
+        for row in [r for r in rows if not Path(r.claim_path or "").is_file()]:
+            rows.remove(row)
+            self.cb.fail(row, PermanentFileError("the claimed input vanished from .diarist/processing"), None)
+        if not rows:
+            self.ledger.settle_job(job.batch_id, state=JobState.FAILED, cost_usd=None, message="inputs vanished")
+            return
         try:
+            spec = self._spec(job, rows)
             staged = self._submitter.stage(spec)
             self.ledger.update_job(job.batch_id, staged=json.dumps(staged))
             snap = self._submitter.start(spec)
-        except CloudError as e:
-            self._mark_unavailable(e)
+        except TransientError:
+            raise  # the job row stays "submitting"; _recover_submitting finds or restarts it
+        except Exception as e:  # refused by the Hub, or anything else: never leave the batch half-open
+            if isinstance(e, CloudError):
+                self._mark_unavailable(e)
+            else:
+                log.exception("submit_error", batch=job.batch_id)
             self.ledger.settle_job(job.batch_id, state=JobState.FAILED, cost_usd=None, message=str(e))
             for row in rows:
                 self._give_up_file(row, job, f"the cloud job could not be started: {e}", None, [])
@@ -357,12 +382,13 @@ class CloudRoute:
         for job in self.ledger.open_jobs():
             if job.state is not JobState.SUBMITTING:
                 continue
-            found = self.hub().find({"app": "diarist", "batch": job.batch_id})
-            if found:
-                log.info("job_adopted", batch=job.batch_id, job=found[0].job_id)
-                self._started(job, found[0])
-            else:
-                self._submit(job)
+            with _one_job(job):
+                found = self.hub().find({"app": "diarist", "batch": job.batch_id})
+                if found:
+                    log.info("job_adopted", batch=job.batch_id, job=found[0].job_id)
+                    self._started(job, found[0])
+                else:
+                    self._submit(job)
 
     def _fall_back_queue(self, reason: str) -> None:
         for row in self.ledger.in_state(State.QUEUED):
@@ -374,41 +400,49 @@ class CloudRoute:
         for job in self.ledger.open_jobs():
             if job.state is not JobState.IN_FLIGHT or not job.job_id:
                 continue
+            with _one_job(job):
+                self._poll_one(job)
+
+    def _poll_one(self, job: JobRow) -> None:
+        assert job.job_id
+        try:
+            snap = self.hub().inspect(job.job_id)
+        except CloudError as e:
+            if e.status == 404:  # deleted on the Hub (or by hand): nothing left to collect
+                self._give_up(job, f"the job no longer exists on the Hub: {e}", None, job.running_seconds)
+                return
+            raise
+        self.ledger.update_job(job.batch_id, stage=snap.stage, running_seconds=snap.running_seconds)
+        verdict = judge_job(
+            snap.stage,
+            snap.message,
+            submitted_at=job.submitted_at or job.created_at,
+            deadline_at=job.deadline_at or float("inf"),
+            now=self._wall(),
+            scheduling_limit=self.settings.scheduling_timeout,
+            scheduling_seconds=snap.scheduling_seconds,
+        )
+        if verdict.verdict is Verdict.WAIT:
+            if snap.stage != job.stage:
+                for row in self.ledger.job_files(job.batch_id):
+                    if row.state is State.SUBMITTED:
+                        self.cb.status(row, snap.stage.lower(), f"cloud job {job.job_id}: {snap.url}")
+            return
+        if verdict.verdict is Verdict.COLLECT:
+            self._collect(job, snap)
+            return
+        reason = verdict.reason
+        if job.cancel_requested:
+            reason = f"{job.cancel_requested} ({reason})"
+        if verdict.verdict is Verdict.CANCEL:
             try:
-                snap = self.hub().inspect(job.job_id)
+                self.hub().cancel(job.job_id)
             except CloudError as e:
-                if e.status == 404:  # deleted on the Hub (or by hand): nothing left to collect
-                    self._give_up(job, f"the job no longer exists on the Hub: {e}", None)
-                    continue
-                raise
-            self.ledger.update_job(job.batch_id, stage=snap.stage, running_seconds=snap.running_seconds)
-            verdict = judge_job(
-                snap.stage,
-                snap.message,
-                submitted_at=job.submitted_at or job.created_at,
-                deadline_at=job.deadline_at or float("inf"),
-                now=self._wall(),
-                scheduling_limit=self.settings.scheduling_timeout,
-                scheduling_seconds=snap.scheduling_seconds,
-            )
-            if verdict.verdict is Verdict.WAIT:
-                if snap.stage != job.stage:
-                    for row in self.ledger.job_files(job.batch_id):
-                        if row.state is State.SUBMITTED:
-                            self.cb.status(row, snap.stage.lower(), f"cloud job {job.job_id}: {snap.url}")
-                continue
-            if verdict.verdict is Verdict.COLLECT:
-                self._collect(job, snap)
-                continue
-            reason = verdict.reason
-            if job.cancel_requested:
-                reason = f"{job.cancel_requested} ({reason})"
-            if verdict.verdict is Verdict.CANCEL:
-                try:
-                    self.hub().cancel(job.job_id)
-                except CloudError as e:
-                    log.warning("cancel_failed", job=job.job_id, error=str(e))
-            self._give_up(job, reason, snap)
+                # it may run on until its timeout: count it as its whole reservation, never less
+                log.warning("cancel_failed", job=job.job_id, error=str(e))
+                self._give_up(job, reason, None, job.timeout_seconds)
+                return
+        self._give_up(job, reason, snap)
 
     def _cost(self, job: JobRow, running_seconds: float | None) -> Decimal | None:
         price = self._prices.get(job.flavor)
@@ -470,12 +504,10 @@ class CloudRoute:
         )
         self.ledger.set_value(THROUGHPUT_KEY, table)
 
-    def _give_up(self, job: JobRow, reason: str, snap: JobSnapshot | None) -> None:
+    def _give_up(
+        self, job: JobRow, reason: str, snap: JobSnapshot | None, running_seconds: float | None = None
+    ) -> None:
         lines = self.hub().last_lines(job.job_id, LOG_TAIL_LINES) if job.job_id else []
-        cost = self._cost(job, snap.running_seconds if snap else None)
-        self.ledger.settle_job(
-            job.batch_id, state=JobState.FAILED, cost_usd=cost, finished_at=self._wall(), message=reason
-        )
         for row in self.ledger.job_files(job.batch_id):
             if row.state is not State.SUBMITTED:
                 continue
@@ -490,6 +522,12 @@ class CloudRoute:
                 self.cb.finish(row, got.doc)
             else:
                 self._give_up_file(row, job, f"cloud job {job.job_id}: {reason}", snap, lines)
+        # settled only once every file is handled: an error above leaves the job open for the next tick
+        running = snap.running_seconds if snap and snap.running_seconds is not None else running_seconds
+        cost = self._cost(job, running)
+        self.ledger.settle_job(
+            job.batch_id, state=JobState.FAILED, cost_usd=cost, finished_at=self._wall(), message=reason
+        )
         log.warning("job_failed", job=job.job_id, reason=reason)
         self._cleanup(job)
 

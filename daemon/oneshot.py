@@ -7,12 +7,16 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from diarist.daemon import config as cfg
+from diarist.daemon.ledger import JobState, Ledger
 from diarist.handlers.errors import DiaristError
 from diarist.handlers.results import OutputPaths, write_result
+from diarist.policies.budget import BudgetCaps, settle_cost
 from diarist.policies.flavor import DEFAULT_THROUGHPUT, Task, job_timeout_for
 from diarist.policies.jobs import Verdict, judge_job
+from diarist.policies.pricing import FALLBACK_PRICES
 
 POLL_SECONDS = 2.0
 
@@ -68,6 +72,8 @@ def _cloud(settings: cfg.Settings, files: list[Path], request: dict[str, Any]) -
     from diarist.handlers.cloud_submit import JobItem, JobSpec, Submitter
     from diarist.handlers.intake import sha256_of
 
+    if not settings.cloud.enabled:
+        raise DiaristError("the cloud route is disabled ([cloud] enabled = false / HF_JOBS_ENABLED=false)")
     hub = _hub(settings)
     flavor = request.get("flavor") or (settings.cloud.flavor if settings.cloud.flavor != "auto" else "a10g-small")
     items, total = [], 0.0
@@ -99,9 +105,35 @@ def _cloud(settings: cfg.Settings, files: list[Path], request: dict[str, Any]) -
         },
         items=tuple(items),
     )
+    # the same budget as the daemon's: reserve the job's worst case in the ledger first, settle it at the end
+    ledger = Ledger(settings.daemon.ledger)
+    prices = {p.name: p for p in FALLBACK_PRICES} | {p.name: p for p in hub.prices()}
+    if flavor not in prices:
+        raise DiaristError(f"no price is known for flavor {flavor}", hint="pick a flavor from the Hub's Jobs hardware")
+    c = settings.cloud
+    decision = ledger.reserve_job(
+        spec.batch_id,
+        [],
+        caps=BudgetCaps(daily_usd=c.daily_budget, monthly_usd=c.monthly_budget, max_concurrent=c.max_concurrent),
+        reserve_usd=settle_cost(spec.timeout_seconds, prices[flavor]),
+        tz=ZoneInfo(c.timezone),
+        namespace=hub.namespace,
+        repo=hub.repo,
+        flavor=flavor,
+        host=settings.daemon.host_id,
+        timeout_seconds=spec.timeout_seconds,
+        audio_seconds=total,
+    )
+    if not decision.allowed:
+        raise DiaristError(f"over the cloud budget: {decision.reason}")
     submitter = Submitter(hub)
-    staged = submitter.stage(spec)
-    snap = submitter.start(spec)
+    try:
+        staged = submitter.stage(spec)
+        snap = submitter.start(spec)
+    except Exception:
+        ledger.settle_job(spec.batch_id, state=JobState.FAILED, cost_usd=None, message="could not start")
+        raise
+    ledger.job_started(spec.batch_id, job_id=snap.job_id, url=snap.url, stage=snap.stage, submitted_at=time.time())
     print(f"cloud job {snap.job_id} ({flavor}): {snap.url}", file=sys.stderr)
     submitted, stage = time.time(), None
     try:
@@ -139,5 +171,8 @@ def _cloud(settings: cfg.Settings, files: list[Path], request: dict[str, Any]) -
                 print(f"diarist: {path}: no cloud result ({got.error})", file=sys.stderr)
         return docs
     finally:
+        cost = settle_cost(snap.running_seconds or 0, prices[flavor]) if snap.running_seconds else None
+        ended = JobState.COLLECTED if snap.stage == "COMPLETED" else JobState.FAILED
+        ledger.settle_job(spec.batch_id, state=ended, cost_usd=cost, stage=snap.stage, finished_at=time.time())
         if not settings.cloud.keep_staged:
             cloud_fetch.cleanup(hub, snap.job_id, staged)

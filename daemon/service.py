@@ -472,8 +472,16 @@ class Daemon:
     def _route_pending(self) -> None:
         for row in self.ledger.unrouted():
             inbox = self._inboxes.get(row.inbox)
-            if inbox is not None:
+            if inbox is None:
+                continue
+            try:
                 self._route_file(row, inbox)
+            except TransientError:
+                raise
+            except Exception as e:  # one odd file must not hold up routing for the others
+                log.exception("route_error", file=row.rel_path)
+                self.ledger.set_fields(row.id, route="local", route_reason=f"local: routing failed ({e})")
+                self._wake.set()
 
     def _route_file(self, row: FileRow, inbox: InboxSettings) -> None:
         """Local or cloud, decided once per claimed file; the reason goes into the ledger and the result."""
@@ -624,11 +632,17 @@ class Daemon:
             route={"decision": "cloud", "reason": row.route_reason, "flavor": row.flavor},
         )
 
-    def _cloud_finish(self, row: FileRow, doc: dict[str, Any]) -> None:
+    def _inbox_for_cloud(self, row: FileRow) -> InboxSettings:
         inbox = self._inboxes.get(row.inbox)
-        if inbox is None:
-            log.warning("inbox_not_configured", inbox=row.inbox, file=row.rel_path)
-            return
+        if inbox is None:  # keeps the job open (and its results on the Hub) until the inbox is configured again
+            raise TransientError(
+                f"{row.rel_path} belongs to inbox {row.inbox}, which is no longer configured",
+                hint="add the inbox back to the configuration to receive its results",
+            )
+        return inbox
+
+    def _cloud_finish(self, row: FileRow, doc: dict[str, Any]) -> None:
+        inbox = self._inbox_for_cloud(row)
         assert row.sha256
         task, speakers = self._question(row, inbox)
         user = _request(row).user or inbox.user
@@ -641,10 +655,7 @@ class Daemon:
         self._finish(row, inbox, Path(row.claim_path or ""), doc, bound)
 
     def _cloud_fail(self, row: FileRow, error: DiaristError, details: dict[str, Any] | None) -> None:
-        inbox = self._inboxes.get(row.inbox)
-        if inbox is None:
-            log.warning("inbox_not_configured", inbox=row.inbox, file=row.rel_path)
-            return
+        inbox = self._inbox_for_cloud(row)
         bound = log.bind(file=row.rel_path, sha=(row.sha256 or "")[:12], route="cloud")
         self._fail(row, inbox, Path(row.claim_path or ""), error, bound, details)
 

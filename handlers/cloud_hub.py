@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-from huggingface_hub.errors import EntryNotFoundError, RemoteEntryNotFoundError
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RemoteEntryNotFoundError
 
+from diarist.handlers.errors import CloudTransientError
 from diarist.handlers.hub_errors import call_hub, describe_hub_error
 from diarist.policies.pricing import FlavorPrice, PriceUnit
 
@@ -125,7 +126,10 @@ class Hub:
                     action=f"download {path} from {self.repo}",
                 )
             except Exception as e:  # the mapped error keeps the client's as its cause
-                if isinstance(e.__cause__, EntryNotFoundError | RemoteEntryNotFoundError):
+                cause = e.__cause__
+                if isinstance(cause, LocalEntryNotFoundError):  # the Hub did not answer: not "missing"
+                    raise CloudTransientError(f"could not download {path} from {self.repo}: {cause}") from cause
+                if isinstance(cause, EntryNotFoundError | RemoteEntryNotFoundError):
                     return None
                 raise
             return Path(local).read_bytes()

@@ -170,9 +170,10 @@ def test_standalone_emulator_run_jobs_logs_follow_cancel(
         labels={"app": "diarist", "host": "elsewhere"},
         namespace=NS,
     )
-    listed = diarist(config, env, "jobs", "--orphans")
+    assert orphan.id not in diarist(config, env, "jobs", "--orphans").stdout, "another host's job is its business"
+    listed = diarist(config, env, "jobs", "--orphans", "--all-hosts")
     assert orphan.id in listed.stdout and job_id not in listed.stdout and "--cancel-orphans" in listed.stdout
-    cancelled = diarist(config, env, "jobs", "--orphans", "--cancel-orphans")
+    cancelled = diarist(config, env, "jobs", "--orphans", "--all-hosts", "--cancel-orphans")
     assert cancelled.returncode == 0 and "canceled" in cancelled.stdout
     wait_until(lambda: emulator.jobs()[orphan.id]["status"]["stage"] == "CANCELED", 10, "orphan cancelled")
 
