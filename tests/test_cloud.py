@@ -258,8 +258,10 @@ def test_results_a_job_uploaded_before_it_failed_are_kept(cloud_daemon, emu: Hub
     copy(clips[3], d.inbox / "h.wav")
     doc = d.result("h.wav")
     assert doc["engine"]["backend"] == "hf-jobs"
+    # the job is settled once all its files are handled, just after this result was written
+    wait_until(lambda: d.ledger.jobs()[0].state.value == "failed", 20, "the failed job settled")
     (job,) = d.ledger.jobs()
-    assert job.state.value == "failed" and "node lost" in (job.message or "")
+    assert "node lost" in (job.message or "")
 
 
 def test_a_job_that_cannot_start_leaves_no_audio_on_the_hub(cloud_daemon, emu: HubEmulator, clips) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -30,6 +31,12 @@ EVERY_KEY: dict[str, Any] = {
     "scheduling_timeout": 120,
     "keep_staged": True,
     "endpoint": "http://127.0.0.1:8080/",
+    "daily_budget": 0.5,
+    "monthly_budget": 10,
+    "timezone": "Europe/Berlin",
+    "startup_seconds": 30,
+    "min_job_timeout": 120,
+    "price_ttl": 600,
 }
 
 
@@ -83,6 +90,12 @@ class TestEveryKey:
             scheduling_timeout=120.0,
             keep_staged=True,
             endpoint="http://127.0.0.1:8080",
+            daily_budget=Decimal("0.5"),
+            monthly_budget=Decimal("10"),
+            timezone="Europe/Berlin",
+            startup_seconds=30.0,
+            min_job_timeout=120,
+            price_ttl=600.0,
         )
 
     def test_every_field_has_a_key(self) -> None:
