@@ -379,14 +379,6 @@ class Ledger:
 
     # -- cloud jobs --------------------------------------------------------------------------------
 
-    def create_job(self, batch_id: str, file_ids: list[int], **fields: Any) -> None:
-        """Record a batch before its job is started (see module doc)."""
-        now = self._clock()
-        with self.transaction() as db:
-            db["jobs"].insert({"batch_id": batch_id, "state": JobState.SUBMITTING.value, "created_at": now, **fields})
-            for file_id in file_ids:
-                db["files"].update(file_id, {"batch_id": batch_id, "updated_at": now})
-
     def job_started(self, batch_id: str, **fields: Any) -> None:
         """The Hub accepted the job: its files are now submitted."""
         now = self._clock()
