@@ -27,7 +27,7 @@ ALIVE_SECONDS = 15.0
 
 
 def _hub(settings: cfg.Settings) -> Any:
-    from diarist.handlers.cloud_hub import Hub
+    from diarist.daemon.cloud import connect_hub
 
     if not settings.hf_token:
         raise ConfigError(
@@ -35,8 +35,7 @@ def _hub(settings: cfg.Settings) -> Any:
             hint="export HF_TOKEN=hf_... (a token with write access and the Jobs permission, "
             "from https://huggingface.co/settings/tokens)",
         )
-    c = settings.cloud
-    return Hub(token=settings.hf_token, namespace=c.namespace, staging_repo=c.staging_repo, endpoint=c.endpoint)
+    return connect_hub(settings.cloud, settings.hf_token)
 
 
 def _ledger(settings: cfg.Settings) -> Any:

@@ -55,6 +55,25 @@ class CloudCallbacks:
     user_of: Callable[[FileRow], str | None]
 
 
+def job_models(m: ModelSettings) -> dict[str, Any]:
+    """The ``[models]`` settings a job is told to load: the daemon's own, on the job's device."""
+    return {
+        "pipeline": m.pipeline,
+        # "auto" picks the job's GPU; a daemon pinned to cpu locally still wants the cloud GPU
+        "device": "auto",
+        "clustering_threshold": m.clustering_threshold,
+        "segmentation_batch_size": m.segmentation_batch_size,
+        "embedding_batch_size": m.embedding_batch_size,
+    }
+
+
+def connect_hub(settings: CloudSettings, token: str) -> Hub:
+    """The configured namespace and staging repo on the configured endpoint (whoami when no namespace is set)."""
+    return Hub(
+        token=token, namespace=settings.namespace, staging_repo=settings.staging_repo, endpoint=settings.endpoint
+    )
+
+
 @contextmanager
 def _one_job(job: JobRow) -> Iterator[None]:
     """One job's trouble is logged and left for the next tick; the other jobs still get their turn."""
@@ -166,12 +185,7 @@ class CloudRoute:
     def hub(self) -> Hub:
         if self._hub is None:
             assert self.token, "the cloud route is only used with a token"
-            self._hub = Hub(
-                token=self.token,
-                namespace=self.settings.namespace,
-                staging_repo=self.settings.staging_repo,
-                endpoint=self.settings.endpoint,
-            )
+            self._hub = connect_hub(self.settings, self.token)
             self._submitter = Submitter(self._hub)
             self._load_prices(self._hub)
             log.info("cloud_connected", namespace=self._hub.namespace, repo=self._hub.repo, prices=self._prices_source)
@@ -309,21 +323,13 @@ class CloudRoute:
                 log.info("deferred", file=row.rel_path, reason=reason)
 
     def _spec(self, job: JobRow, rows: list[FileRow]) -> JobSpec:
-        m = self.models
         return JobSpec(
             batch_id=job.batch_id,
             host=self.host,
             flavor=job.flavor,
             timeout_seconds=job.timeout_seconds,
             image=self.settings.image,
-            models={
-                "pipeline": m.pipeline,
-                # "auto" picks the job's GPU; a daemon pinned to cpu locally still wants the cloud GPU
-                "device": "auto",
-                "clustering_threshold": m.clustering_threshold,
-                "segmentation_batch_size": m.segmentation_batch_size,
-                "embedding_batch_size": m.embedding_batch_size,
-            },
+            models=job_models(self.models),
             items=tuple(self.cb.item(r) for r in rows),
             telemetry=self._telemetry,
         )
@@ -464,16 +470,9 @@ class CloudRoute:
                     continue
             assert row.sha256
             got = cloud_fetch.fetch_one(hub, job.job_id, row.sha256)
-            if got.doc is not None:
-                cloud_fetch.label_result(
-                    got.doc,
-                    job_id=job.job_id,
-                    url=snap.url,
-                    flavor=job.flavor,
-                    running_seconds=snap.running_seconds,
-                )
-                self.cb.finish(row, got.doc)
-            elif got.error is not None and got.error.get("kind") == "bad-input":
+            if self._deliver(job, row, got, snap.url, snap.running_seconds):
+                continue
+            if got.error is not None and got.error.get("kind") == "bad-input":
                 err = PermanentFileError(
                     f"the cloud job could not process it: {got.error.get('message')}", hint=got.error.get("hint")
                 )
@@ -490,6 +489,19 @@ class CloudRoute:
             cost=format_usd(cost) if cost is not None else None,
         )
         self._cleanup(job)
+
+    def _deliver(
+        self, job: JobRow, row: FileRow, got: cloud_fetch.Fetched, url: str, running_seconds: float | None
+    ) -> bool:
+        """Write a result the job uploaded, labelled with where it ran; False when there is none."""
+        if got.doc is None:
+            return False
+        assert job.job_id
+        cloud_fetch.label_result(
+            got.doc, job_id=job.job_id, url=url, flavor=job.flavor, running_seconds=running_seconds
+        )
+        self.cb.finish(row, got.doc)
+        return True
 
     def _learn(self, job: JobRow, snap: JobSnapshot) -> None:
         """A settled job teaches the throughput table (estimates, timeouts and reservations get truer)."""
@@ -513,14 +525,8 @@ class CloudRoute:
                 continue
             # the job uploads each result as it finishes: keep what it did before it failed
             got = cloud_fetch.fetch_one(self.hub(), job.job_id, row.sha256) if job.job_id and row.sha256 else None
-            if got is not None and got.doc is not None:
-                url = snap.url if snap else job.url or ""
-                running = snap.running_seconds if snap else None
-                cloud_fetch.label_result(
-                    got.doc, job_id=job.job_id, url=url, flavor=job.flavor, running_seconds=running
-                )
-                self.cb.finish(row, got.doc)
-            else:
+            url = snap.url if snap else job.url or ""
+            if got is None or not self._deliver(job, row, got, url, snap.running_seconds if snap else None):
                 self._give_up_file(row, job, f"cloud job {job.job_id}: {reason}", snap, lines)
         # settled only once every file is handled: an error above leaves the job open for the next tick
         running = snap.running_seconds if snap and snap.running_seconds is not None else running_seconds

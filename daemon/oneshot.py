@@ -68,6 +68,7 @@ def run_once(settings: cfg.Settings, files: list[Path], request: dict[str, Any],
 
 def _cloud(settings: cfg.Settings, files: list[Path], request: dict[str, Any]) -> dict[Path, dict[str, Any]]:
     from diarist.daemon.cli_cloud import _hub
+    from diarist.daemon.cloud import job_models
     from diarist.handlers import audio, cloud_fetch
     from diarist.handlers.cloud_submit import JobItem, JobSpec, Submitter
     from diarist.handlers.intake import sha256_of
@@ -89,20 +90,13 @@ def _cloud(settings: cfg.Settings, files: list[Path], request: dict[str, Any]) -
                 route={"decision": "cloud", "reason": "diarist submit --cloud", "flavor": flavor},
             )
         )
-    m = settings.models
     spec = JobSpec(
         batch_id=uuid.uuid4().hex[:16],
         host=settings.daemon.host_id,
         flavor=flavor,
         timeout_seconds=job_timeout_for(total, DEFAULT_THROUGHPUT.get(flavor, 1.0)),
         image=settings.cloud.image,
-        models={
-            "pipeline": m.pipeline,
-            "device": "auto",
-            "clustering_threshold": m.clustering_threshold,
-            "segmentation_batch_size": m.segmentation_batch_size,
-            "embedding_batch_size": m.embedding_batch_size,
-        },
+        models=job_models(settings.models),
         items=tuple(items),
     )
     # the same budget as the daemon's: reserve the job's worst case in the ledger first, settle it at the end
