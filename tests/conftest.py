@@ -55,6 +55,13 @@ def engine():
     return e
 
 
+def cut(src: Path, dst: Path, start: float, seconds: float) -> Path:
+    """``seconds`` of ``src`` from ``start``: distinct real speech from one recording."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-ss", str(start), "-t", str(seconds), "-i", str(src), str(dst)]
+    subprocess.run(cmd, check=True)
+    return dst
+
+
 def to_format(src: Path, dst: Path) -> Path:
     subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(src), str(dst)], check=True)
     return dst

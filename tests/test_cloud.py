@@ -26,7 +26,7 @@ from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import copy, wait_until
+from conftest import copy, cut, wait_until
 from hub_emulator import HubEmulator
 
 pytestmark = pytest.mark.slow
@@ -39,28 +39,7 @@ STAGING = f"{NS}/diarist-staging"
 def clips(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Five distinct 6 s slices of pyannote's sample, from 3 s on (it opens with silence): real speech."""
     folder = tmp_path_factory.mktemp("clips")
-    out = []
-    for n in range(5):
-        dst = folder / f"clip{n}.wav"
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-v",
-                "error",
-                "-y",
-                "-ss",
-                str(3 + n * 5),
-                "-t",
-                "6",
-                "-i",
-                str(sample[0]),
-                str(dst),
-            ],
-            check=True,
-        )
-        out.append(dst)
-    return out
+    return [cut(sample[0], folder / f"clip{n}.wav", 3 + n * 5, 6) for n in range(5)]
 
 
 @pytest.fixture
@@ -447,14 +426,8 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
 def test_over_budget_files_fall_back_to_local_and_say_why(
     cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    clips = []
-    for n in range(20):
-        dst = tmp_path / "src" / f"short{n:02d}.wav"
-        dst.parent.mkdir(exist_ok=True)
-        start = 3 + n * 1.2
-        cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", str(start), "-t", "4", "-i", str(sample[0]), str(dst)]
-        subprocess.run(cmd, check=True)
-        clips.append(dst)
+    (tmp_path / "src").mkdir()
+    clips = [cut(sample[0], tmp_path / "src" / f"short{n:02d}.wav", 3 + n * 1.2, 4) for n in range(20)]
     # one file per job keeps the admitted job short while nineteen local runs share the CPU with it
     d = cloud_daemon(batch_max_files=1, **BUDGET)
     monitor = CommitMonitor(d.ledger_path)

@@ -18,7 +18,7 @@ from huggingface_hub import HfApi
 
 from diarist.handlers.results import validate_result
 
-from conftest import copy, wait_until
+from conftest import copy, cut, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -67,28 +67,7 @@ def emulator() -> Iterator[Emulator]:
 @pytest.fixture(scope="module")
 def clips(sample: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("cli-clips")
-    out = []
-    for n in range(3):
-        dst = folder / f"talk{n}.wav"
-        subprocess.run(
-            [
-                "ffmpeg",
-                "-nostdin",
-                "-v",
-                "error",
-                "-y",
-                "-ss",
-                str(4 + n * 7),
-                "-t",
-                "7",
-                "-i",
-                str(sample[0]),
-                str(dst),
-            ],
-            check=True,
-        )
-        out.append(dst)
-    return out
+    return [cut(sample[0], folder / f"talk{n}.wav", 4 + n * 7, 7) for n in range(3)]
 
 
 def diarist(config: Path, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
