@@ -66,7 +66,9 @@ def _settings(args: argparse.Namespace) -> cfg.Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from diarist.daemon.ledger import Ledger
+    from diarist.daemon.notify import Notifier
     from diarist.daemon.service import Daemon
+    from diarist.daemon.supervisor import Supervisor
 
     settings = _settings(args)
     configure_logs(settings.daemon.log_format, settings.daemon.log_level)
@@ -88,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         models=list(engine.info.models),
     )
     daemon = Daemon(settings, engine=engine, ledger=Ledger(settings.daemon.ledger))
+    supervisor = Supervisor(daemon, Notifier.from_env())
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -97,10 +100,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     daemon.start()
+    supervisor.ready()
     log.info("ready", inboxes=len(settings.inboxes), ledger=str(settings.daemon.ledger), host=settings.daemon.host_id)
     while not stop.wait(0.5):
         pass
+    supervisor.stopping(
+        f"finishing the file in hand (up to {settings.daemon.stop_timeout:g} s); cloud jobs keep running"
+    )
     daemon.stop()
+    supervisor.close()
     log.info("stopped")
     return EXIT_OK
 
@@ -344,6 +352,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- install-service -------------------------------------------------------------------------------------
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from diarist.daemon.install import install_service
+
+    return install_service(config=args.config, root=args.root, dry_run=args.dry_run)
+
+
 # -- parser -------------------------------------------------------------------------------------------
 
 
@@ -399,6 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--outbox", type=Path, default=Path("outbox"))
     demo.add_argument("--timeout", type=float, default=600)
     demo.set_defaults(func=cmd_demo)
+
+    service = sub.add_parser("install-service", help="write the systemd unit, its user and /etc/diarist skeletons")
+    service.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="the service's config file")
+    service.add_argument("--root", type=Path, default=Path("/"), help="install below this folder instead of /")
+    service.add_argument("--dry-run", action="store_true", help="print what would be written; write nothing")
+    service.set_defaults(func=cmd_install_service)
     return parser
 
 

@@ -78,6 +78,12 @@ class DaemonSettings:
     log_level: str = "info"
     #: pyannote.audio's usage telemetry; off unless the user opts in
     telemetry: bool = False
+    #: several hosts on one share: a host whose heartbeat on the share has not changed for this long is
+    #: presumed dead and its claimed files go back into the inbox
+    lease_seconds: float = 60.0
+    #: on SIGTERM the file in hand gets this long to finish before it goes back into the inbox
+    #: (keep it below the unit's TimeoutStopSec)
+    stop_timeout: float = 240.0
 
 
 @dataclass(frozen=True)
@@ -416,7 +422,16 @@ def parse_settings(
         top.get("daemon", dict, {}),
         "daemon",
         file,
-        {"ledger", "host_id", "rescan_interval", "log_format", "log_level", "telemetry"},
+        {
+            "ledger",
+            "host_id",
+            "rescan_interval",
+            "log_format",
+            "log_level",
+            "telemetry",
+            "lease_seconds",
+            "stop_timeout",
+        },
     )
     log_format = d.get("log_format", str, "auto")
     if log_format not in ("auto", "json", "console"):
@@ -429,6 +444,8 @@ def parse_settings(
         log_format=log_format,
         log_level=d.get("log_level", str, "info"),
         telemetry=d.get("telemetry", bool, False),
+        lease_seconds=d.number("lease_seconds", 60.0, minimum=2.0),
+        stop_timeout=d.number("stop_timeout", 240.0, minimum=0.0),
     )
     m = _Reader(
         top.get("models", dict, {}),
@@ -458,8 +475,22 @@ def parse_settings(
         cloud=_cloud(top.get("cloud", dict, {}), file, env),
         users=_users(top.get("users", dict, {}), file),
         source=Path(file) if file != "<config>" else None,
-        hf_token=env.get("HF_TOKEN") or None,
+        hf_token=env.get("HF_TOKEN") or credential("hf_token", env),
     )
+
+
+def credential(name: str, env: Mapping[str, str]) -> str | None:
+    """A systemd credential (``LoadCredential=NAME:PATH`` puts it in ``$CREDENTIALS_DIRECTORY``); empty is none."""
+    folder = env.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return None
+    try:
+        value = (Path(folder) / name).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise ConfigError(f"cannot read the {name} credential: {e.strerror}", file=str(Path(folder) / name)) from e
+    return value or None
 
 
 def find_config(explicit: Path | None) -> Path | None:

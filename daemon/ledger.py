@@ -1,10 +1,11 @@
 """The SQLite ledger: every file diarist has seen, its state, and every result it produced.
 
-States: discovered -> stable -> claimed -> running -> done | failed; a cloud-bound file goes claimed ->
-queued (waiting for a batch and a job slot) -> submitted (in a Hugging Face Job) -> done, or back to claimed
-for local processing when the job fails and fallback is on. Each transition is one transaction and appends
-to ``events``. The ``jobs`` table holds one row per cloud batch, created before the job is started so a
-crash between the two is recovered by finding the job again through its ``batch`` label.
+States: discovered -> stable -> claimed -> running -> done | failed | released (given back to the inbox
+unfinished); a cloud-bound file goes claimed -> queued (waiting for a batch and a job slot) -> submitted (in a
+Hugging Face Job) -> done, or back to claimed for local processing when the job fails and fallback is on.
+Each transition is one transaction and appends to ``events``. The ``jobs`` table holds one row per cloud
+batch, created before the job is started so a crash between the two is recovered by finding the job again
+through its ``batch`` label.
 
 Results are stored here too, keyed by content hash + task + parameters + model, before anything reaches the
 outbox: after a crash a claimed file whose result is already in the ledger is finished by rewriting the
@@ -51,6 +52,8 @@ class State(str, Enum):
     SUBMITTED = "submitted"
     DONE = "done"
     FAILED = "failed"
+    #: given back to the inbox unfinished (stop timeout, or another host took the claim over)
+    RELEASED = "released"
 
 
 ACTIVE_STATES = (State.CLAIMED.value, State.RUNNING.value)
@@ -61,6 +64,7 @@ _FILE_COLUMNS_V2: dict[str, type] = {
     "batch_id": str,
     "fallback": str,
     "queued_at": float,
+    "out_name": str,
 }
 
 
@@ -87,6 +91,8 @@ class FileRow:
     batch_id: str | None = None
     fallback: str | None = None
     queued_at: float | None = None
+    #: the outputs' stem relative to the outbox (``reserve_stem``); None on rows from older ledgers
+    out_name: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRow:
@@ -112,6 +118,7 @@ class FileRow:
             batch_id=row.get("batch_id"),
             fallback=row.get("fallback"),
             queued_at=row.get("queued_at"),
+            out_name=row.get("out_name"),
         )
 
 
@@ -338,6 +345,12 @@ class Ledger:
             db["files"].update(file_id, {"result_key": key, "updated_at": now})
 
     # -- queries -----------------------------------------------------------------------------------
+
+    def forget(self, file_id: int) -> None:
+        """Drop a row that never became ours (another host claimed the file first)."""
+        with self.transaction() as db:
+            db.execute("delete from events where file_id = ?", [file_id])
+            db.execute("delete from files where id = ?", [file_id])
 
     def get(self, file_id: int) -> FileRow:
         return FileRow.from_row(self.db["files"].get(file_id))

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from diarist.daemon.cloud import CloudCallbacks, CloudRoute
 from diarist.daemon.config import InboxSettings, OnSuccess, Settings
+from diarist.daemon.leases import Reclaimed, ShareLeases
 from diarist.daemon.ledger import FileRow, Ledger, State
 from diarist.daemon.watcher import InboxWatcher, scan
 from diarist.handlers import audio, intake
@@ -34,6 +36,7 @@ from diarist.handlers.cloud_submit import JobItem
 from diarist.handlers.engine import LOCAL_BACKEND, LocalEngine
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
+from diarist.handlers.outbox import reserve_stem
 from diarist.handlers.results import (
     OutputPaths,
     atomic_write,
@@ -44,7 +47,9 @@ from diarist.handlers.results import (
     write_result,
 )
 from diarist.policies.flavor import Task
+from diarist.policies.health import should_release, stale_components, status_line
 from diarist.policies.intake import ignore_reason
+from diarist.policies.names import output_stem
 from diarist.policies.route import FileFacts, Route, RouteSettings, UserPrefs, decide_route
 from diarist.policies.sidecar import SIDECAR_SUFFIX, FileRequest, SidecarError, parse_sidecar_text, sidecar_names
 
@@ -89,6 +94,11 @@ def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, Permanen
     return None, None, None
 
 
+def _stem(row: FileRow) -> str:
+    """Where this file's outputs go in its outbox (chosen at claim time; rows from older ledgers: its name)."""
+    return row.out_name or output_stem(row.rel_path)
+
+
 def _request(row: FileRow) -> FileRequest:
     return FileRequest.from_json(json.loads(row.params)) if row.params else FileRequest()
 
@@ -97,6 +107,10 @@ def result_key(sha256: str, task: Task, speakers: dict[str, int], model: str) ->
     """Same content + same question + same model = same answer: the cache key for reuse."""
     params = json.dumps({"task": task.value, **speakers, "model": model}, sort_keys=True)
     return f"{sha256}:{params}"
+
+
+class _Released(Exception):
+    """Raised from the progress hook to abandon inference when stopping (not an error of the file)."""
 
 
 class Daemon:
@@ -151,6 +165,9 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._started_at = wall()
         self._next_heartbeat = 0.0
+        self.leases = ShareLeases(settings.inboxes, self._host, settings.daemon.lease_seconds, clock=clock, wall=wall)
+        #: set by stop(): the file in hand must be finished by then, or it goes back into the inbox
+        self._deadline: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -165,12 +182,15 @@ class Daemon:
                 polling=self.watcher.modes[inbox.path].polling,
                 reason=self.watcher.modes[inbox.path].reason,
             )
+        # a restart within the lease keeps our claims: renew before anything else
+        self.leases.renew()
         self._recover()
         self.watcher.start()
         self._scan_all()
         self._threads = [
             threading.Thread(target=self._intake_loop, name="diarist-intake", daemon=True),
             threading.Thread(target=self._worker_loop, name="diarist-worker", daemon=True),
+            threading.Thread(target=self._lease_loop, name="diarist-lease", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -197,8 +217,47 @@ class Daemon:
         except Exception:  # the scheduler must keep ticking whatever one pass throws
             log.exception("cloud_error")
 
+    def _lease_loop(self) -> None:
+        while True:
+            self.heartbeats["lease"] = self._clock()
+            try:
+                self.leases.renew()
+                for taken in self.leases.check():
+                    # straight to the intake: on a share no event tells us about the file we just moved
+                    self._events.put((taken.inbox, taken.path))
+                    self._note_reclaimed(taken)
+            except Exception:  # the lease must keep being renewed whatever one pass throws
+                log.exception("lease_error")
+            if self._stop.wait(self.leases.renew_every):
+                return
+
+    def _note_reclaimed(self, taken: Reclaimed) -> None:
+        """The dead host's status sidecar said "running there": say what happens now instead."""
+        rel = taken.path.relative_to(taken.inbox.path).as_posix()
+        doc = status_document(
+            file=rel,
+            state="waiting",
+            engine=LOCAL_BACKEND,
+            progress=None,
+            step=None,
+            updated_at=_iso(self._wall()),
+            host=self._host,
+            note=f"host {taken.host} stopped renewing its lease; the file is back in the inbox to be taken again",
+        )
+        try:
+            atomic_write(
+                OutputPaths.for_stem(taken.inbox.outbox, reserve_stem(taken.inbox.outbox, rel)).status, dumps(doc)
+            )
+        except OSError as e:
+            log.warning("status_write_failed", file=rel, error=str(e))
+
     def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting files; the worker finishes the file in hand (or leaves it claimed for the next start)."""
+        """Stop accepting files; cloud jobs keep running (the ledger resumes them at the next start).
+
+        The file in hand gets ``[daemon] stop_timeout`` to finish; one that will not make it goes back into
+        the inbox. ``timeout`` bounds how long to wait for the threads after that.
+        """
+        self._deadline = self._clock() + self.settings.daemon.stop_timeout
         self._stop.set()
         self._wake.set()
         if self._scheduler is not None:
@@ -211,6 +270,49 @@ class Daemon:
     def wait(self) -> None:
         while not self._stop.wait(1.0):
             pass
+
+    # -- health (for the systemd watchdog and STATUS=) ---------------------------------------------------
+
+    def health_limits(self) -> dict[str, float]:
+        """How old each thread's heartbeat may get before the daemon counts as wedged.
+
+        Generous on purpose: a restart costs the file in hand. The worker beats between inference batches,
+        the cloud tick once per poll (an upload of a large file holds it), the lease loop every lease/6.
+        """
+        return {
+            "intake": 120.0,
+            "worker": 600.0,
+            "cloud": max(600.0, 4 * self.settings.cloud.poll_interval),
+            "lease": max(30.0, self.settings.daemon.lease_seconds / 2),
+        }
+
+    def stale(self) -> list[str]:
+        """Components whose heartbeat is too old ("watcher" when an observer thread died)."""
+        problems = stale_components(self.heartbeats, self._clock(), self.health_limits())
+        if not self.watcher.alive():
+            problems.append("watcher")
+        return problems
+
+    def status_line(self) -> str:
+        counts = self.ledger.counts()
+        caps = self.cloud.caps(None)
+        left = None
+        if caps.daily_usd is not None or caps.monthly_usd is not None:
+            totals = self.ledger.budget_totals(self.cloud.tz)
+            room = [
+                cap - period.committed_usd
+                for cap, period in ((caps.daily_usd, totals.day), (caps.monthly_usd, totals.month))
+                if cap is not None
+            ]
+            left = max(min(room), Decimal(0))
+        return status_line(
+            waiting=counts.get(State.CLAIMED.value, 0) + counts.get(State.STABLE.value, 0),
+            running=counts.get(State.RUNNING.value, 0),
+            cloud_files=counts.get(State.QUEUED.value, 0) + counts.get(State.SUBMITTED.value, 0),
+            cloud_jobs=len(self.ledger.open_jobs()),
+            budget_left=left,
+            stale=self.stale(),
+        )
 
     # -- intake ------------------------------------------------------------------------------------
 
@@ -285,43 +387,57 @@ class Daemon:
             log.info("vanished", file=str(path))
 
     def _take(self, path: Path) -> None:
-        """A stable file: hash it, record where it goes, rename it there, queue it."""
+        """A stable file: record where it goes, rename it there (the claim), hash it, queue it.
+
+        Claim before hashing: of several hosts watching one share only the winner of the rename reads the
+        whole file.
+        """
         inbox = self._inbox_of(path)
         file_id = self._file_ids.pop(path, None)
         if inbox is None or file_id is None:
             return
         rel = path.relative_to(inbox.path).as_posix()
-        try:
-            sha = intake.sha256_of(path)
-            size = path.stat().st_size
-        except FileNotFoundError:
-            self.ledger.transition(file_id, State.FAILED, error="file vanished before it could be claimed")
-            log.warning("vanished", file=rel)
-            return
         sidecar, request, problem = _read_sidecar(path)
         target = intake.unique_path(intake.processing_dir(inbox.path, self._host) / rel)
         # record the destination first: a crash between this and the rename is resolved by _recover
         params = json.dumps(request.to_json()) if request else None
-        self.ledger.transition(file_id, State.STABLE, sha256=sha, size=size, claim_path=str(target), params=params)
+        self.ledger.transition(file_id, State.STABLE, claim_path=str(target), params=params)
         if not intake.claim(path, target):
-            self.ledger.transition(file_id, State.FAILED, error="file vanished before it could be claimed")
-            log.warning("claim_lost", file=rel)
+            # another host claimed it (or the user took it away): it was never ours
+            self.ledger.forget(file_id)
+            log.info("claimed_elsewhere", file=rel)
             return
         if sidecar is not None:
             intake.claim(sidecar, _companion(target))
-        self.ledger.transition(file_id, State.CLAIMED)
-        log.info("claimed", file=rel, sha=sha[:12], sidecar=sidecar.name if sidecar else None)
+        sha = self._hash(target)
+        stem = reserve_stem(inbox.outbox, rel)
+        self.ledger.transition(file_id, State.CLAIMED, sha256=sha, size=target.stat().st_size, out_name=stem)
+        log.info("claimed", file=rel, sha=sha[:12], sidecar=sidecar.name if sidecar else None, outputs=stem)
         if problem is not None:
             self._fail(self.ledger.get(file_id), inbox, target, problem, log.bind(file=rel, sha=sha[:12]))
             return
-        self._write_status(inbox, rel, "queued", progress=0.0, step=None)
+        self._write_status(inbox, self.ledger.get(file_id), "queued", progress=0.0, step=None)
         self._wake.set()
+
+    def _hash(self, path: Path) -> str:
+        # a large file on a slow share takes a while: keep the intake heartbeat (and so the watchdog) fresh
+        return intake.sha256_of(path, on_block=lambda: self.heartbeats.__setitem__("intake", self._clock()))
 
     def _recover(self) -> None:
         """Resume from the ledger and the processing folder after a restart or crash."""
         for row in self.ledger.pending_stable():
-            if row.claim_path and Path(row.claim_path).exists():
-                self.ledger.transition(row.id, State.CLAIMED, detail="recovered after restart")
+            claimed = Path(row.claim_path or "")
+            if row.claim_path and claimed.is_file():
+                inbox = self._inboxes.get(row.inbox)
+                stem = reserve_stem(inbox.outbox, row.rel_path) if inbox else None
+                self.ledger.transition(
+                    row.id,
+                    State.CLAIMED,
+                    detail="recovered after restart",
+                    sha256=row.sha256 or self._hash(claimed),
+                    size=claimed.stat().st_size,
+                    out_name=row.out_name or stem,
+                )
         known = {r.claim_path for r in self.ledger.unfinished()}
         for inbox in self.settings.inboxes:
             folder = intake.processing_dir(inbox.path, self._host)
@@ -332,13 +448,16 @@ class Daemon:
                     continue
                 # claimed by a previous run whose ledger row is gone (new ledger, or crash before commit)
                 rel = path.relative_to(folder).as_posix()
+                if rel.endswith(SIDECAR_SUFFIX):
+                    continue  # travels with its audio
                 file_id = self.ledger.discover(str(inbox.path), rel)
                 self.ledger.transition(
                     file_id,
                     State.CLAIMED,
-                    sha256=intake.sha256_of(path),
+                    sha256=self._hash(path),
                     size=path.stat().st_size,
                     claim_path=str(path),
+                    out_name=reserve_stem(inbox.outbox, rel),
                     detail="adopted from processing/",
                 )
         for row in self.ledger.unfinished():
@@ -355,6 +474,8 @@ class Daemon:
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue
+            if self._stop.is_set():
+                return
             try:
                 self.process(row)
             except Exception:
@@ -388,9 +509,11 @@ class Daemon:
         try:
             doc = self._result_for(row, inbox, claimed, bound)
             self._finish(row, inbox, claimed, doc, bound)
+        except _Released as e:
+            self._release(row, inbox, claimed, str(e), bound)
         except TransientError as e:
             bound.warning("transient_error", error=str(e), retry_in=TRANSIENT_RETRY_SECONDS)
-            self._write_status(inbox, row.rel_path, "waiting", progress=None, step=None, note=str(e))
+            self._write_status(inbox, row, "waiting", progress=None, step=None, note=str(e))
             self._retry_at[row.id] = self._clock() + TRANSIENT_RETRY_SECONDS
         except DiaristError as e:  # permanent for this file (bad input, model failure on it)
             self._fail(row, inbox, claimed, e, bound)
@@ -406,6 +529,16 @@ class Daemon:
                 ),
                 bound,
             )
+
+    def _release(self, row: FileRow, inbox: InboxSettings, claimed: Path, reason: str, bound: Any) -> None:
+        """Give an unfinished file back: into the inbox (with its sidecar), where the next start takes it."""
+        back = intake.move_no_clobber(claimed, inbox.path / row.rel_path)
+        sidecar = _companion(claimed)
+        if sidecar.is_file():
+            intake.move_no_clobber(sidecar, _companion(back))
+        self.ledger.transition(row.id, State.RELEASED, detail=json.dumps({"moved_to": str(back), "reason": reason}))
+        self._write_status(inbox, row, "waiting", progress=None, step=None, note=f"{reason}; it is back in the inbox")
+        bound.warning("released", reason=reason, moved_to=str(back))
 
     def _result_for(self, row: FileRow, inbox: InboxSettings, claimed: Path, bound: Any) -> dict[str, Any]:
         assert row.sha256
@@ -425,16 +558,22 @@ class Daemon:
         if row.fallback:
             route["fallback"] = json.loads(row.fallback)
         self.ledger.transition(row.id, State.RUNNING)
-        self._write_status(inbox, row.rel_path, "running", progress=0.0, step="decoding")
+        self._write_status(inbox, row, "running", progress=0.0, step="decoding")
         bound.info("running", reason=route["reason"])
         last = [0.0]
+
+        started = self._clock()
 
         def progress(step: str, fraction: float) -> None:
             now = self._clock()
             self.heartbeats["worker"] = now
+            if self._deadline is not None and should_release(
+                elapsed=now - started, fraction=fraction, time_left=self._deadline - now
+            ):
+                raise _Released(f"diarist stopped before {row.rel_path} could finish")
             if now - last[0] >= STATUS_MIN_INTERVAL:
                 last[0] = now
-                self._write_status(inbox, row.rel_path, "running", progress=fraction, step=step)
+                self._write_status(inbox, row, "running", progress=fraction, step=step)
 
         doc = diarize_file(
             claimed,
@@ -541,9 +680,7 @@ class Daemon:
             queued_at=self._wall(),
         )
         state = "deferred" if decision.route is Route.DEFERRED else "queued"
-        self._write_status(
-            inbox, row.rel_path, state, progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND
-        )
+        self._write_status(inbox, row, state, progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND)
 
     def _question(self, row: FileRow, inbox: InboxSettings) -> tuple[Task, dict[str, int]]:
         """The task and speaker counts asked of this file: its sidecar's, else its inbox's."""
@@ -554,7 +691,7 @@ class Daemon:
         return Task(request.task or inbox.task), speakers
 
     def _finish(self, row: FileRow, inbox: InboxSettings, claimed: Path, doc: dict[str, Any], bound: Any) -> None:
-        paths = OutputPaths.for_input(inbox.outbox, row.rel_path)
+        paths = OutputPaths.for_stem(inbox.outbox, _stem(row))
         write_result(paths, doc)
         # only now, with the result safely on disk, does the input leave the processing folder
         sidecar = _companion(claimed)
@@ -569,8 +706,7 @@ class Daemon:
             moved = None
         else:
             # "keep": back where the user put it; the ledger remembers its size and mtime so it is not retaken
-            target = intake.unique_path(inbox.path / row.rel_path)
-            os.rename(claimed, target)
+            target = intake.move_no_clobber(claimed, inbox.path / row.rel_path)
             intake.claim(sidecar, _companion(target))
             moved = str(target)
             self.ledger.set_fields(row.id, kept_signature=_signature(target))
@@ -604,7 +740,7 @@ class Daemon:
             sha256=row.sha256,
             details=details,
         )
-        paths = OutputPaths.for_input(inbox.outbox, row.rel_path)
+        paths = OutputPaths.for_stem(inbox.outbox, _stem(row))
         atomic_write(paths.error, dumps(doc))
         if moved:
             atomic_write(moved.with_name(moved.name + ".error.json"), dumps(doc))
@@ -665,19 +801,19 @@ class Daemon:
         )
         inbox = self._inboxes.get(row.inbox)
         if inbox is not None:
-            self._write_status(inbox, row.rel_path, "queued", progress=None, step=None, note=reason)
+            self._write_status(inbox, row, "queued", progress=None, step=None, note=reason)
         log.warning("fallback", file=row.rel_path, reason=reason)
         self._wake.set()
 
     def _cloud_status(self, row: FileRow, state: str, note: str | None) -> None:
         inbox = self._inboxes.get(row.inbox)
         if inbox is not None:
-            self._write_status(inbox, row.rel_path, state, progress=None, step=None, note=note, engine=CLOUD_BACKEND)
+            self._write_status(inbox, row, state, progress=None, step=None, note=note, engine=CLOUD_BACKEND)
 
     def _write_status(
         self,
         inbox: InboxSettings,
-        rel: str,
+        row: FileRow,
         state: str,
         *,
         progress: float | None,
@@ -686,7 +822,7 @@ class Daemon:
         engine: str = LOCAL_BACKEND,
     ) -> None:
         doc = status_document(
-            file=rel,
+            file=row.rel_path,
             state=state,
             engine=engine,
             progress=progress,
@@ -696,6 +832,6 @@ class Daemon:
             note=note,
         )
         try:
-            atomic_write(OutputPaths.for_input(inbox.outbox, rel).status, dumps(doc))
+            atomic_write(OutputPaths.for_stem(inbox.outbox, _stem(row)).status, dumps(doc))
         except OSError as e:  # a status sidecar is a courtesy; never fail a file over it
-            log.warning("status_write_failed", file=rel, error=str(e))
+            log.warning("status_write_failed", file=row.rel_path, error=str(e))

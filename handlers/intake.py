@@ -1,7 +1,8 @@
-"""Taking a file in: wait until it is complete, hash it, claim it by atomic rename, move it when done."""
+"""Taking a file in: wait until it is complete, claim it by atomic rename, hash it, move it when done."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import time
@@ -14,13 +15,19 @@ from diarist.policies.intake import STATE_DIR_NAME
 
 @dataclass
 class _Seen:
-    size: int
-    mtime_ns: int
+    # size and mtime alone miss changes on shares with coarse mtimes (2 s on FAT/SMB1, whole seconds on
+    # some NFS servers); the inode changes when a file is renamed into place, the ctime on every write
+    signature: tuple[int, int, int, int]
     since: float
 
 
+def signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 class StabilityTracker:
-    """A file is complete once its size and mtime stay unchanged for ``seconds``; any change re-arms it.
+    """A file is complete once its size, mtime, ctime and inode stay unchanged for ``seconds``; any change
+    (growing, shrinking when overwritten, replaced by a rename) re-arms it.
 
     The clock is injected so tests advance time instead of sleeping. Files are never given up on: a copy
     that stalls for an hour is still picked up when it finishes.
@@ -45,8 +52,8 @@ class StabilityTracker:
             return
         now = self._clock()
         old = self._seen.get(path)
-        if old is None or (old.size, old.mtime_ns) != (st.st_size, st.st_mtime_ns):
-            self._seen[path] = _Seen(st.st_size, st.st_mtime_ns, now)
+        if old is None or old.signature != signature(st):
+            self._seen[path] = _Seen(signature(st), now)
 
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
@@ -63,11 +70,16 @@ class StabilityTracker:
         return stable
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_of(path: Path, chunk: int = 1 << 20, on_block: Callable[[], None] | None = None) -> str:
+    """Hex SHA-256 of the file; ``on_block`` is called every 64 MiB (a heartbeat on slow shares)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
+        n = 0
         while block := f.read(chunk):
             h.update(block)
+            n += 1
+            if on_block is not None and n % 64 == 0:
+                on_block()
     return h.hexdigest()
 
 
@@ -92,18 +104,68 @@ def unique_path(path: Path) -> Path:
 
 
 def claim(source: Path, target: Path) -> bool:
-    """Move ``source`` to ``target`` atomically; False when someone else took it first (or it vanished)."""
+    """Move ``source`` to ``target`` atomically; False when someone else took it first (or it vanished).
+
+    ``target`` must be a fresh name in a folder only this host writes to (its processing folder). Of several
+    hosts renaming one file, exactly one succeeds: that is the whole cross-host claim protocol.
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.rename(source, target)
     except FileNotFoundError:
+        # NFS: a retransmitted rename whose first attempt succeeded answers ENOENT; the file is ours anyway
+        return target.exists() and not source.exists()
+    return True
+
+
+# link() refused by the filesystem (SMB without hard links, FAT, some FUSE): fall back to a placeholder
+_NO_LINK = frozenset(
+    {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK, errno.EXDEV, errno.EINVAL}
+)
+
+
+def move_no_clobber(source: Path, target: Path) -> Path:
+    """Move ``source`` to ``target``, or ``target (2)`` ... if taken, never replacing an existing file.
+
+    ``os.rename`` silently replaces its target, so two hosts archiving a same-named file at once would lose
+    one. A hard link fails when the name exists; where links are refused an exclusively created placeholder
+    reserves the name and the rename then replaces only that. Returns the final path.
+
+    Not exclusive on ``source``: only move files from a folder this host alone writes to.
+    """
+    target.parent.mkdir(parents=True, exist_ok=True)
+    candidate = target
+    for n in range(2, 10_000):
+        try:
+            os.link(source, candidate)
+        except FileExistsError:
+            candidate = target.with_name(f"{target.stem} ({n}){target.suffix}")
+            continue
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+            if not _reserve(candidate):
+                candidate = target.with_name(f"{target.stem} ({n}){target.suffix}")
+                continue
+            try:
+                os.replace(source, candidate)
+            except BaseException:
+                candidate.unlink(missing_ok=True)
+                raise
+            return candidate
+        os.unlink(source)
+        return candidate
+    raise FileExistsError(f"too many files named like {target}")
+
+
+def _reserve(path: Path) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
         return False
     return True
 
 
 def move_aside(source: Path, inbox: Path, bucket: str, rel_path: str) -> Path:
     """Move a claimed input into ``<inbox>/.diarist/<bucket>/<rel_path>`` (renamed if taken); returns the target."""
-    target = unique_path(state_dir(inbox) / bucket / rel_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.rename(source, target)
-    return target
+    return move_no_clobber(source, state_dir(inbox) / bucket / rel_path)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from diarist.handlers.engine import Region, Segment
+from diarist.policies.names import output_stem
 
 SCHEMA = "diarist.result/1"
 STATUS_SCHEMA = "diarist.status/1"
@@ -182,8 +183,13 @@ class OutputPaths:
 
     @classmethod
     def for_input(cls, outbox: Path, relative_path: str) -> OutputPaths:
-        rel = Path(relative_path)
-        stem = outbox / rel.parent / rel.stem
+        """Outputs named after the input (made storable on any share; see ``policies.names``)."""
+        return cls.for_stem(outbox, output_stem(relative_path))
+
+    @classmethod
+    def for_stem(cls, outbox: Path, stem_path: str) -> OutputPaths:
+        """Outputs at ``outbox/<stem_path>.*`` (``stem_path`` is ``/``-separated, from ``reserve_stem``)."""
+        stem = outbox.joinpath(*stem_path.split("/"))
         return cls(
             rttm=stem.with_name(stem.name + ".rttm"),
             json=stem.with_name(stem.name + ".json"),

@@ -8,6 +8,7 @@ need=()
 command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)   # test speech
 command -v sox >/dev/null || need+=(sox)               # test speech
+command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/test_systemd.py: verify and security of the unit
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need[*]} with apt-get"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -126,6 +127,16 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         if d.proc and d.proc.poll() is None:
             os.killpg(d.proc.pid, signal.SIGKILL)
             d.proc.wait()
+
+
+def ledger_rows(db: Path) -> list[dict]:
+    """Every file row of a ledger, read with plain sqlite3 (as another process sees it)."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in conn.execute("select * from files order by id")]
+    finally:
+        conn.close()
 
 
 def copy(src: Path, dst: Path) -> Path:

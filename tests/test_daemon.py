@@ -15,7 +15,7 @@ import pytest
 from diarist.handlers.intake import sha256_of
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import copy, to_format, wait_until
+from conftest import copy, ledger_rows, to_format, wait_until
 
 
 def write_config(tmp_path: Path, **inbox_extra: object) -> tuple[Path, Path, Path, Path]:
@@ -28,15 +28,6 @@ def write_config(tmp_path: Path, **inbox_extra: object) -> tuple[Path, Path, Pat
     )
     inbox.mkdir()
     return config, inbox, outbox, state / "ledger.db"
-
-
-def ledger_rows(db: Path) -> list[dict]:
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in conn.execute("select * from files order by id")]
-    finally:
-        conn.close()
 
 
 def done_events(db: Path, rel_path: str) -> int:

@@ -15,6 +15,7 @@ from diarist.handlers.intake import (
     StabilityTracker,
     claim,
     move_aside,
+    move_no_clobber,
     processing_dir,
     sha256_of,
     state_dir,
@@ -173,6 +174,36 @@ class TestStabilityTracker:
         clock.advance(0.5)
         assert tracker.poll(seconds(5)) == [path]
 
+    def test_replaced_by_rename_with_same_size_and_mtime_rearms(
+        self, tmp_path: Path, clock: Clock, tracker: StabilityTracker
+    ) -> None:
+        """A share with coarse mtimes: a file renamed into place over another, same size and mtime, still re-arms."""
+        path = tmp_path / "a.wav"
+        path.write_bytes(b"old")
+        st = path.stat()
+        tracker.observe(path)
+        clock.advance(4)
+        other = tmp_path / "a.wav.part"
+        other.write_bytes(b"new")
+        os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.replace(other, path)
+        assert tracker.poll(seconds(5)) == []
+        clock.advance(4.9)
+        assert tracker.poll(seconds(5)) == []
+        clock.advance(0.1)
+        assert tracker.poll(seconds(5)) == [path]
+
+    def test_shrinking_file_rearms(self, tmp_path: Path, clock: Clock, tracker: StabilityTracker) -> None:
+        """An overwrite that truncates (the file shrinks) restarts the quiet period."""
+        path = tmp_path / "a.wav"
+        path.write_bytes(b"x" * 100)
+        tracker.observe(path)
+        clock.advance(4)
+        path.write_bytes(b"y" * 10)
+        assert tracker.poll(seconds(5)) == []
+        clock.advance(5)
+        assert tracker.poll(seconds(5)) == [path]
+
     def test_observe_again_without_change_keeps_timer(
         self, tmp_path: Path, clock: Clock, tracker: StabilityTracker
     ) -> None:
@@ -260,6 +291,13 @@ class TestClaim:
         assert claim(tmp_path / "gone.wav", tmp_path / "p/gone.wav") is False
         assert not (tmp_path / "p/gone.wav").exists()
 
+    def test_lost_reply_still_counts_as_ours(self, tmp_path: Path) -> None:
+        """NFS answers ENOENT to a retried rename that already happened: the target is ours anyway."""
+        target = tmp_path / "mine/a.wav"
+        target.parent.mkdir()
+        target.write_bytes(b"audio")
+        assert claim(tmp_path / "a.wav", target)
+
     def test_second_claim_loses(self, tmp_path: Path) -> None:
         """Of two claims on one file only the first succeeds."""
         source = tmp_path / "a.wav"
@@ -306,6 +344,52 @@ class TestMoveAside:
         assert last == tmp_path / ".diarist/done/a (2).wav"
         assert (tmp_path / ".diarist/done/a.wav").read_bytes() == b"first"
         assert last.read_bytes() == b"second"
+
+
+class TestMoveNoClobber:
+    def test_never_replaces_an_existing_file(self, tmp_path: Path) -> None:
+        """The target exists: the file gets the next free name and both survive."""
+        (tmp_path / "a.wav").write_bytes(b"there")
+        src = tmp_path / "src.wav"
+        src.write_bytes(b"new")
+        assert move_no_clobber(src, tmp_path / "a.wav") == tmp_path / "a (2).wav"
+        assert (tmp_path / "a.wav").read_bytes() == b"there" and not src.exists()
+
+    def test_without_hard_links_a_placeholder_reserves_the_name(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Where link() is refused (SMB, FAT) the move still never replaces anything."""
+
+        def refuse(*_args: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", refuse)
+        (tmp_path / "a.wav").write_bytes(b"there")
+        src = tmp_path / "src.wav"
+        src.write_bytes(b"new")
+        assert move_no_clobber(src, tmp_path / "a.wav") == tmp_path / "a (2).wav"
+        assert (tmp_path / "a (2).wav").read_bytes() == b"new" and not src.exists()
+
+    def test_a_vanished_source_leaves_no_placeholder(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A failed move does not leave an empty file behind in the target folder."""
+        monkeypatch.setattr(os, "link", lambda *_: (_ for _ in ()).throw(PermissionError(1, "no")))
+        with pytest.raises(FileNotFoundError):
+            move_no_clobber(tmp_path / "gone.wav", tmp_path / "out/a.wav")
+        assert list((tmp_path / "out").iterdir()) == []
+
+    @given(st.integers(1, 6))
+    def test_many_moves_to_one_name_keep_every_file(self, n: int) -> None:
+        """n files moved to one name: n distinct files, each with its own content."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as d:
+            root = Path(d)
+            for i in range(n):
+                src = root / f"src{i}"
+                src.write_bytes(str(i).encode())
+                move_no_clobber(src, root / "out" / "a.wav")
+            contents = sorted(p.read_bytes() for p in (root / "out").iterdir())
+            assert contents == sorted(str(i).encode() for i in range(n))
 
 
 class TestSha256:
