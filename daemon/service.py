@@ -27,29 +27,20 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from diarist.daemon.cloud import CloudCallbacks, CloudRoute
 from diarist.daemon.config import InboxSettings, OnSuccess, Settings
-from diarist.daemon.leases import Reclaimed, ShareLeases
+from diarist.daemon.leases import ShareLeases
 from diarist.daemon.ledger import FileRow, Ledger, State
+from diarist.daemon.outcomes import Outcomes, companion, signature
 from diarist.daemon.watcher import InboxWatcher, scan
 from diarist.handlers import audio, intake
 from diarist.handlers.cloud_job import CLOUD_BACKEND
 from diarist.handlers.cloud_submit import JobItem
-from diarist.handlers.engine import LOCAL_BACKEND, LocalEngine
+from diarist.handlers.engine import LocalEngine
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
 from diarist.handlers.outbox import reserve_stem
-from diarist.handlers.results import (
-    OutputPaths,
-    atomic_write,
-    dumps,
-    error_document,
-    remove_quietly,
-    status_document,
-    write_result,
-)
 from diarist.policies.flavor import Task
 from diarist.policies.health import should_release, stale_components, status_line
 from diarist.policies.intake import ignore_reason
-from diarist.policies.names import output_stem
 from diarist.policies.route import FileFacts, Route, RouteSettings, UserPrefs, decide_route
 from diarist.policies.sidecar import SIDECAR_SUFFIX, FileRequest, SidecarError, parse_sidecar_text, sidecar_names
 
@@ -59,20 +50,6 @@ TRANSIENT_RETRY_SECONDS = 30.0
 STATUS_MIN_INTERVAL = 1.0
 # How often a running daemon records itself in the ledger; the CLI treats 3x this as "alive".
 HEARTBEAT_SECONDS = 5.0
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
-
-
-def _signature(path: Path) -> str:
-    st = path.stat()
-    return f"{st.st_size}:{st.st_mtime_ns}"
-
-
-def _companion(audio_path: Path) -> Path:
-    """Where a claimed file's sidecar travels: beside it, named after it."""
-    return audio_path.with_name(audio_path.name + SIDECAR_SUFFIX)
 
 
 def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, PermanentFileError | None]:
@@ -92,11 +69,6 @@ def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, Permanen
         except OSError:
             return None, None, None
     return None, None, None
-
-
-def _stem(row: FileRow) -> str:
-    """Where this file's outputs go in its outbox (chosen at claim time; rows from older ledgers: its name)."""
-    return row.out_name or output_stem(row.rel_path)
 
 
 def _request(row: FileRow) -> FileRequest:
@@ -165,6 +137,7 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._started_at = wall()
         self._next_heartbeat = 0.0
+        self.out = Outcomes(ledger, self._host, wall)
         self.leases = ShareLeases(settings.inboxes, self._host, settings.daemon.lease_seconds, clock=clock, wall=wall)
         #: set by stop(): the file in hand must be finished by then, or it goes back into the inbox
         self._deadline: float | None = None
@@ -225,31 +198,11 @@ class Daemon:
                 for taken in self.leases.check():
                     # straight to the intake: on a share no event tells us about the file we just moved
                     self._events.put((taken.inbox, taken.path))
-                    self._note_reclaimed(taken)
+                    self.out.note_reclaimed(taken)
             except Exception:  # the lease must keep being renewed whatever one pass throws
                 log.exception("lease_error")
             if self._stop.wait(self.leases.renew_every):
                 return
-
-    def _note_reclaimed(self, taken: Reclaimed) -> None:
-        """The dead host's status sidecar said "running there": say what happens now instead."""
-        rel = taken.path.relative_to(taken.inbox.path).as_posix()
-        doc = status_document(
-            file=rel,
-            state="waiting",
-            engine=LOCAL_BACKEND,
-            progress=None,
-            step=None,
-            updated_at=_iso(self._wall()),
-            host=self._host,
-            note=f"host {taken.host} stopped renewing its lease; the file is back in the inbox to be taken again",
-        )
-        try:
-            atomic_write(
-                OutputPaths.for_stem(taken.inbox.outbox, reserve_stem(taken.inbox.outbox, rel)).status, dumps(doc)
-            )
-        except OSError as e:
-            log.warning("status_write_failed", file=rel, error=str(e))
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting files; cloud jobs keep running (the ledger resumes them at the next start).
@@ -372,7 +325,7 @@ class Daemon:
                 continue
             if path.is_symlink() or not path.is_file():
                 continue
-            if inbox.on_success is OnSuccess.KEEP and self.ledger.is_kept(str(inbox.path), rel, _signature(path)):
+            if inbox.on_success is OnSuccess.KEEP and self.ledger.is_kept(str(inbox.path), rel, signature(path)):
                 continue
             if path not in self._file_ids:
                 self._file_ids[path] = self.ledger.discover(str(inbox.path), rel)
@@ -408,15 +361,15 @@ class Daemon:
             log.info("claimed_elsewhere", file=rel)
             return
         if sidecar is not None:
-            intake.claim(sidecar, _companion(target))
+            intake.claim(sidecar, companion(target))
         sha = self._hash(target)
         stem = reserve_stem(inbox.outbox, rel)
         self.ledger.transition(file_id, State.CLAIMED, sha256=sha, size=target.stat().st_size, out_name=stem)
         log.info("claimed", file=rel, sha=sha[:12], sidecar=sidecar.name if sidecar else None, outputs=stem)
         if problem is not None:
-            self._fail(self.ledger.get(file_id), inbox, target, problem, log.bind(file=rel, sha=sha[:12]))
+            self.out.fail(self.ledger.get(file_id), inbox, target, problem, log.bind(file=rel, sha=sha[:12]))
             return
-        self._write_status(inbox, self.ledger.get(file_id), "queued", progress=0.0, step=None)
+        self.out.status(inbox, self.ledger.get(file_id), "queued", progress=0.0, step=None)
         self._wake.set()
 
     def _hash(self, path: Path) -> str:
@@ -508,18 +461,18 @@ class Daemon:
             return
         try:
             doc = self._result_for(row, inbox, claimed, bound)
-            self._finish(row, inbox, claimed, doc, bound)
+            self.out.finish(row, inbox, claimed, doc, bound)
         except _Released as e:
-            self._release(row, inbox, claimed, str(e), bound)
+            self.out.release(row, inbox, claimed, str(e), bound)
         except TransientError as e:
             bound.warning("transient_error", error=str(e), retry_in=TRANSIENT_RETRY_SECONDS)
-            self._write_status(inbox, row, "waiting", progress=None, step=None, note=str(e))
+            self.out.status(inbox, row, "waiting", progress=None, step=None, note=str(e))
             self._retry_at[row.id] = self._clock() + TRANSIENT_RETRY_SECONDS
         except DiaristError as e:  # permanent for this file (bad input, model failure on it)
-            self._fail(row, inbox, claimed, e, bound)
+            self.out.fail(row, inbox, claimed, e, bound)
         except Exception as e:  # an engine crash on odd input must not take the daemon down
             bound.exception("engine_crash")
-            self._fail(
+            self.out.fail(
                 row,
                 inbox,
                 claimed,
@@ -529,16 +482,6 @@ class Daemon:
                 ),
                 bound,
             )
-
-    def _release(self, row: FileRow, inbox: InboxSettings, claimed: Path, reason: str, bound: Any) -> None:
-        """Give an unfinished file back: into the inbox (with its sidecar), where the next start takes it."""
-        back = intake.move_no_clobber(claimed, inbox.path / row.rel_path)
-        sidecar = _companion(claimed)
-        if sidecar.is_file():
-            intake.move_no_clobber(sidecar, _companion(back))
-        self.ledger.transition(row.id, State.RELEASED, detail=json.dumps({"moved_to": str(back), "reason": reason}))
-        self._write_status(inbox, row, "waiting", progress=None, step=None, note=f"{reason}; it is back in the inbox")
-        bound.warning("released", reason=reason, moved_to=str(back))
 
     def _result_for(self, row: FileRow, inbox: InboxSettings, claimed: Path, bound: Any) -> dict[str, Any]:
         assert row.sha256
@@ -558,7 +501,7 @@ class Daemon:
         if row.fallback:
             route["fallback"] = json.loads(row.fallback)
         self.ledger.transition(row.id, State.RUNNING)
-        self._write_status(inbox, row, "running", progress=0.0, step="decoding")
+        self.out.status(inbox, row, "running", progress=0.0, step="decoding")
         bound.info("running", reason=route["reason"])
         last = [0.0]
 
@@ -573,7 +516,7 @@ class Daemon:
                 raise _Released(f"diarist stopped before {row.rel_path} could finish")
             if now - last[0] >= STATUS_MIN_INTERVAL:
                 last[0] = now
-                self._write_status(inbox, row, "running", progress=fraction, step=step)
+                self.out.status(inbox, row, "running", progress=fraction, step=step)
 
         doc = diarize_file(
             claimed,
@@ -680,7 +623,7 @@ class Daemon:
             queued_at=self._wall(),
         )
         state = "deferred" if decision.route is Route.DEFERRED else "queued"
-        self._write_status(inbox, row, state, progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND)
+        self.out.status(inbox, row, state, progress=None, step=None, note=decision.reason, engine=CLOUD_BACKEND)
 
     def _question(self, row: FileRow, inbox: InboxSettings) -> tuple[Task, dict[str, int]]:
         """The task and speaker counts asked of this file: its sidecar's, else its inbox's."""
@@ -689,64 +632,6 @@ class Daemon:
         # would otherwise ask for both
         speakers = request.speakers() or inbox.speakers.as_kwargs()
         return Task(request.task or inbox.task), speakers
-
-    def _finish(self, row: FileRow, inbox: InboxSettings, claimed: Path, doc: dict[str, Any], bound: Any) -> None:
-        paths = OutputPaths.for_stem(inbox.outbox, _stem(row))
-        write_result(paths, doc)
-        # only now, with the result safely on disk, does the input leave the processing folder
-        sidecar = _companion(claimed)
-        if not claimed.is_file():  # moved on by a run that crashed before it could record so
-            moved = None
-        elif inbox.on_success is OnSuccess.ARCHIVE:
-            moved = str(intake.move_aside(claimed, inbox.path, "done", row.rel_path))
-            intake.claim(sidecar, _companion(Path(moved)))
-        elif inbox.on_success is OnSuccess.DELETE:
-            claimed.unlink()
-            remove_quietly(sidecar)
-            moved = None
-        else:
-            # "keep": back where the user put it; the ledger remembers its size and mtime so it is not retaken
-            target = intake.move_no_clobber(claimed, inbox.path / row.rel_path)
-            intake.claim(sidecar, _companion(target))
-            moved = str(target)
-            self.ledger.set_fields(row.id, kept_signature=_signature(target))
-        self.ledger.transition(row.id, State.DONE, detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}))
-        bound.info(
-            "done",
-            speakers=len(doc["speakers"]),
-            seconds=doc["timings"].get("total_seconds"),
-            reused=bool(doc.get("reused")),
-        )
-
-    def _fail(
-        self,
-        row: FileRow,
-        inbox: InboxSettings,
-        claimed: Path,
-        error: DiaristError,
-        bound: Any,
-        details: dict[str, Any] | None = None,
-    ) -> None:
-        moved = intake.move_aside(claimed, inbox.path, "failed", row.rel_path) if claimed.is_file() else None
-        if moved:
-            intake.claim(_companion(claimed), _companion(moved))
-        doc = error_document(
-            file=row.rel_path,
-            kind=error.kind,
-            message=error.message,
-            hint=error.hint,
-            moved_to=str(moved) if moved else None,
-            at=_iso(self._wall()),
-            sha256=row.sha256,
-            details=details,
-        )
-        paths = OutputPaths.for_stem(inbox.outbox, _stem(row))
-        atomic_write(paths.error, dumps(doc))
-        if moved:
-            atomic_write(moved.with_name(moved.name + ".error.json"), dumps(doc))
-        remove_quietly(paths.status)
-        self.ledger.transition(row.id, State.FAILED, error=str(error))
-        bound.warning("failed", error=str(error), moved_to=str(moved))
 
     # -- cloud callbacks (called from the scheduler thread) ------------------------------------------
 
@@ -788,12 +673,12 @@ class Daemon:
             row.id, result_key(row.sha256, task, speakers, self.settings.models.pipeline), row.sha256, doc
         )
         bound = log.bind(file=row.rel_path, sha=row.sha256[:12], route="cloud", job=doc["engine"].get("job_id"))
-        self._finish(row, inbox, Path(row.claim_path or ""), doc, bound)
+        self.out.finish(row, inbox, Path(row.claim_path or ""), doc, bound)
 
     def _cloud_fail(self, row: FileRow, error: DiaristError, details: dict[str, Any] | None) -> None:
         inbox = self._inbox_for_cloud(row)
         bound = log.bind(file=row.rel_path, sha=(row.sha256 or "")[:12], route="cloud")
-        self._fail(row, inbox, Path(row.claim_path or ""), error, bound, details)
+        self.out.fail(row, inbox, Path(row.claim_path or ""), error, bound, details)
 
     def _fall_back(self, row: FileRow, reason: str, info: dict[str, Any]) -> None:
         self.ledger.transition(
@@ -801,37 +686,11 @@ class Daemon:
         )
         inbox = self._inboxes.get(row.inbox)
         if inbox is not None:
-            self._write_status(inbox, row, "queued", progress=None, step=None, note=reason)
+            self.out.status(inbox, row, "queued", progress=None, step=None, note=reason)
         log.warning("fallback", file=row.rel_path, reason=reason)
         self._wake.set()
 
     def _cloud_status(self, row: FileRow, state: str, note: str | None) -> None:
         inbox = self._inboxes.get(row.inbox)
         if inbox is not None:
-            self._write_status(inbox, row, state, progress=None, step=None, note=note, engine=CLOUD_BACKEND)
-
-    def _write_status(
-        self,
-        inbox: InboxSettings,
-        row: FileRow,
-        state: str,
-        *,
-        progress: float | None,
-        step: str | None,
-        note: str | None = None,
-        engine: str = LOCAL_BACKEND,
-    ) -> None:
-        doc = status_document(
-            file=row.rel_path,
-            state=state,
-            engine=engine,
-            progress=progress,
-            step=step,
-            updated_at=_iso(self._wall()),
-            host=self._host,
-            note=note,
-        )
-        try:
-            atomic_write(OutputPaths.for_stem(inbox.outbox, _stem(row)).status, dumps(doc))
-        except OSError as e:  # a status sidecar is a courtesy; never fail a file over it
-            log.warning("status_write_failed", file=row.rel_path, error=str(e))
+            self.out.status(inbox, row, state, progress=None, step=None, note=note, engine=CLOUD_BACKEND)
