@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.diarist-installed
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo test bench lint clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,10 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+# not part of the tests: minutes to an hour, prints tables (README: Benchmarks)
+bench: setup
+	$(VENV)/bin/python benchmarks/run.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check daemon handlers policies tests benchmarks

@@ -37,6 +37,7 @@ def _engine(settings: cfg.Settings) -> Any:
         embedding_batch_size=m.embedding_batch_size,
         token=settings.hf_token,
         telemetry=settings.daemon.telemetry,
+        fast=m.fast,
     )
 
 

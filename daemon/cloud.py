@@ -64,6 +64,7 @@ def job_models(m: ModelSettings) -> dict[str, Any]:
         "clustering_threshold": m.clustering_threshold,
         "segmentation_batch_size": m.segmentation_batch_size,
         "embedding_batch_size": m.embedding_batch_size,
+        "fast": m.fast,
     }
 
 

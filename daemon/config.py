@@ -67,6 +67,8 @@ class ModelSettings:
     clustering_threshold: float | None = None
     segmentation_batch_size: int = 32
     embedding_batch_size: int = 32
+    #: the bundled pipeline's faster embedding step (handlers/fast_pipeline.py); false: pyannote's own
+    fast: bool = True
 
 
 @dataclass(frozen=True)
@@ -451,7 +453,7 @@ def parse_settings(
         top.get("models", dict, {}),
         "models",
         file,
-        {"pipeline", "device", "clustering_threshold", "segmentation_batch_size", "embedding_batch_size"},
+        {"pipeline", "device", "clustering_threshold", "segmentation_batch_size", "embedding_batch_size", "fast"},
     )
     pipeline = m.get("pipeline", str, BUNDLED_PIPELINE)
     if pipeline.startswith(("/", "./", "../", "~")):
@@ -466,6 +468,7 @@ def parse_settings(
         clustering_threshold=float(threshold) if threshold is not None else None,
         segmentation_batch_size=int(m.number("segmentation_batch_size", 32, minimum=1)),
         embedding_batch_size=int(m.number("embedding_batch_size", 32, minimum=1)),
+        fast=m.get("fast", bool, True),
     )
     inboxes = top.get("inbox", list, [])
     return Settings(

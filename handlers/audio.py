@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,35 +77,51 @@ def probe(path: Path) -> AudioInfo:
     )
 
 
-def decode(path: Path) -> np.ndarray:
-    """Whole file as float32 mono samples at 16 kHz. Raises ``PermanentFileError`` when FFmpeg cannot decode it."""
-    proc = subprocess.run(
-        [
-            _tool("ffmpeg"),
-            "-nostdin",
-            "-v",
-            "error",
-            "-i",
-            str(path),
-            "-map",
-            "0:a:0",
-            "-ac",
-            "1",
-            "-ar",
-            str(SAMPLE_RATE),
-            "-f",
-            "f32le",
-            "-acodec",
-            "pcm_f32le",
-            "-",
-        ],
-        capture_output=True,
-        timeout=None,
-    )
-    if proc.returncode != 0:
-        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+def decode(path: Path, duration: float | None = None) -> np.ndarray:
+    """Whole file as float32 mono samples at 16 kHz. Raises ``PermanentFileError`` when FFmpeg cannot decode it.
+
+    FFmpeg's output is read straight into one array sized from ``duration`` (grown if the estimate was
+    short), never held twice: a 4-hour file is 0.9 GB of samples, and a copy would double that.
+    """
+    cmd = [
+        _tool("ffmpeg"),
+        "-nostdin",
+        "-v",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:a:0",
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-f",
+        "f32le",
+        "-acodec",
+        "pcm_f32le",
+        "-",
+    ]
+    capacity = int((duration or 60.0) * SAMPLE_RATE * 1.01) + SAMPLE_RATE
+    samples = np.empty(capacity, dtype=np.float32)
+    filled = 0  # bytes
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr)
+        assert proc.stdout is not None
+        with proc.stdout:
+            while True:
+                if filled == samples.nbytes:
+                    samples = np.resize(samples, int(samples.size * 1.5) + SAMPLE_RATE)
+                got = proc.stdout.readinto(memoryview(samples.view(np.uint8))[filled:])
+                if not got:
+                    break
+                filled += got
+        returncode = proc.wait()
+        stderr.seek(0)
+        err = stderr.read().decode("utf-8", "replace").strip().splitlines()
+    if returncode != 0:
         raise PermanentFileError(
-            f"FFmpeg could not decode the audio: {err[-1] if err else 'exit ' + str(proc.returncode)}",
+            f"FFmpeg could not decode the audio: {err[-1] if err else 'exit ' + str(returncode)}",
             hint="re-export the recording (e.g. as WAV or FLAC) and drop it again",
         )
-    return np.frombuffer(proc.stdout, dtype=np.float32).copy()
+    return samples[: filled // 4]

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         clustering_threshold=models.get("clustering_threshold"),
         segmentation_batch_size=models.get("segmentation_batch_size", 32),
         embedding_batch_size=models.get("embedding_batch_size", 32),
+        fast=bool(models.get("fast", True)),
         token=token,
         telemetry=bool(manifest.get("telemetry", False)),
     )

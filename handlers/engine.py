@@ -139,8 +139,10 @@ class LocalEngine:
         embedding_batch_size: int = 32,
         token: str | None = None,
         telemetry: bool = False,
+        fast: bool = True,
     ):
         self._source = pipeline
+        self._fast = fast
         self._device_name = device
         self._threshold = clustering_threshold or DEFAULT_CLUSTERING_THRESHOLD
         self._seg_batch = segmentation_batch_size
@@ -188,6 +190,7 @@ class LocalEngine:
         from pyannote.audio.pipelines import SpeakerDiarization
 
         from diarist.handlers.campplus import CAMPPlus
+        from diarist.handlers.fast_pipeline import FastSpeakerDiarization
 
         class _NoPLDA(PLDA):
             """pyannote 4 insists on a PLDA even for agglomerative clustering, which never uses it."""
@@ -200,7 +203,7 @@ class LocalEngine:
         if segmentation is None:
             raise ModelError(f"pyannote could not load the segmentation model {root / BUNDLED_SEGMENTATION}")
         embedding = CAMPPlus.from_checkpoint(root / BUNDLED_EMBEDDING)
-        pipeline = SpeakerDiarization(
+        pipeline = (FastSpeakerDiarization if self._fast else SpeakerDiarization)(
             segmentation=segmentation,
             embedding=embedding,
             plda=_NoPLDA(),

@@ -37,7 +37,7 @@ def diarize_file(
     """
     started = time.monotonic()
     info = audio.probe(path)
-    waveform = audio.decode(path)
+    waveform = audio.decode(path, info.duration)
     decoded = time.monotonic()
     if waveform.size == 0:
         raise PermanentFileError(

@@ -133,6 +133,27 @@ def write_rttm(turns: list[Turn], uri: str, path: Path) -> None:
     path.write_text("".join(lines))
 
 
+def slices(src: Path, folder: Path, n: int, seconds: float, first: int = 0, hop: float = 0.17) -> list[Path]:
+    """n distinct clips of a 16-bit mono WAV, ``clip{i:03}.wav``, each ``seconds`` long from a different offset
+    (clip i starts at ``i * hop * seconds`` s, wrapped around the recording), so each has its own hash."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(src)) as w:
+        rate, width, frames = w.getframerate(), w.getsampwidth(), w.readframes(w.getnframes())
+    length = int(seconds * rate)
+    span = len(frames) // width - length
+    made = []
+    for i in range(first, first + n):
+        start = int(i * hop * seconds * rate) % span * width
+        path = folder / f"clip{i:03}.wav"
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(width)
+            out.setframerate(rate)
+            out.writeframes(frames[start : start + length * width])
+        made.append(path)
+    return made
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)

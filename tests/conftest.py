@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -127,6 +128,30 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         if d.proc and d.proc.poll() is None:
             os.killpg(d.proc.pid, signal.SIGKILL)
             d.proc.wait()
+
+
+def reference(rttm: Path) -> Any:
+    """A reference RTTM as a pyannote Annotation."""
+    from pyannote.database.util import load_rttm
+
+    return next(iter(load_rttm(str(rttm)).values()))
+
+
+def annotation(segments: Any, uri: str) -> Any:
+    """Engine segments as a pyannote Annotation."""
+    from pyannote.core import Annotation, Segment
+
+    ann = Annotation(uri=uri)
+    for s in segments:
+        ann[Segment(s.start, s.end)] = s.speaker
+    return ann
+
+
+def der(ref: Any, segments: Any) -> float:
+    """Diarization error rate of engine segments against a reference (collar 0, overlap scored)."""
+    from pyannote.metrics.diarization import DiarizationErrorRate
+
+    return DiarizationErrorRate(collar=0.0, skip_overlap=False)(ref, annotation(segments, ref.uri))
 
 
 def ledger_rows(db: Path) -> list[dict]:

@@ -7,12 +7,8 @@ import os
 import subprocess
 import sys
 import wave
-from pathlib import Path
 
 import pytest
-from pyannote.core import Annotation, Segment
-from pyannote.database.util import load_rttm
-from pyannote.metrics.diarization import DiarizationErrorRate
 
 from diarist.handlers.audio import decode
 from diarist.handlers.engine import LocalEngine
@@ -21,22 +17,7 @@ from diarist.handlers.local import diarize_file
 from diarist.handlers.results import parse_rttm, validate_result
 from diarist.policies.flavor import Task
 
-from conftest import to_format
-
-
-def annotation(segments, uri: str) -> Annotation:
-    ann = Annotation(uri=uri)
-    for s in segments:
-        ann[Segment(s.start, s.end)] = s.speaker
-    return ann
-
-
-def reference(rttm: Path) -> Annotation:
-    return next(iter(load_rttm(str(rttm)).values()))
-
-
-def der(ref: Annotation, segments) -> float:
-    return DiarizationErrorRate(collar=0.0, skip_overlap=False)(ref, annotation(segments, ref.uri))
+from conftest import annotation, der, reference, to_format
 
 
 class TestBundledPipeline:

@@ -6,33 +6,14 @@ from __future__ import annotations
 import json
 import os
 import signal
-import wave
 from pathlib import Path
 
 import pytest
 
+from audiogen import slices
 from conftest import ledger_rows, wait_until
 
 LEASE = 3.0
-
-
-def clips(sample: Path, folder: Path, n: int, seconds: float = 2.0, first: int = 0) -> list[Path]:
-    """n distinct 2 s clips of real speech (different offsets, so different content and hashes)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with wave.open(str(sample)) as w:
-        rate, width, frames = w.getframerate(), w.getsampwidth(), w.readframes(w.getnframes())
-    length = int(seconds * rate) * width
-    made = []
-    for i in range(first, first + n):
-        start = (i * 2719 % (len(frames) // width - int(seconds * rate))) * width
-        path = folder / f"clip{i:03}.wav"
-        with wave.open(str(path), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(width)
-            out.setframerate(rate)
-            out.writeframes(frames[start : start + length])
-        made.append(path)
-    return made
 
 
 def write_config(tmp_path: Path, host: str, inbox: Path, outbox: Path) -> tuple[Path, Path]:
@@ -78,7 +59,7 @@ class TestTwoHostsOneInbox:
         (config_a, ledger_a), (config_b, ledger_b) = (write_config(tmp_path, h, inbox, outbox) for h in ("a", "b"))
         a, b = daemon_factory(config_a).start(), daemon_factory(config_b).start()
 
-        drop(clips(sample[0], tmp_path / "round1", 100), inbox)
+        drop(slices(sample[0], tmp_path / "round1", 100, 2.0), inbox)
         wait_until(lambda: len(results(outbox)) == 100, 600, "100 results")
         wait_until(lambda: len(done_rows(ledger_a)) + len(done_rows(ledger_b)) == 100, 60, "100 done rows")
         rows_a, rows_b = done_rows(ledger_a), done_rows(ledger_b)
@@ -93,7 +74,7 @@ class TestTwoHostsOneInbox:
         }
 
         # round two: host a dies (SIGKILL, no goodbye) holding claims; b takes them back and finishes them
-        drop(clips(sample[0], tmp_path / "round2", 40, first=100), inbox)
+        drop(slices(sample[0], tmp_path / "round2", 40, 2.0, first=100), inbox)
         held = inbox / ".diarist/processing/a"
         wait_until(lambda: len(list(held.glob("*.wav"))) >= 3, 120, "host a holding claims")
         a.stop(signal.SIGKILL)

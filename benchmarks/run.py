@@ -1,0 +1,156 @@
+"""diarist's benchmark: stock pyannote vs diarist's engine in the same run, and the daemon's own overhead.
+
+    .venv/bin/python benchmarks/run.py [--inputs sample,conv30,long4h] [--file AUDIO[:REF.rttm] ...]
+                                       [--stock-max-minutes 40] [--device auto] [--no-daemon]
+
+Inputs (generated once into benchmarks/.cache/ with tests/audiogen.py, espeak-ng voices, exact references):
+  sample   pyannote's own 30 s recording of two real speakers, with its reference
+  conv30   a 30-minute conversation of 4 speakers
+  long4h   a 4-hour recording of 4 speakers (for memory; stock is skipped where it would exceed
+           --stock-max-minutes, estimated from its speed on the inputs before)
+Each (engine, input) runs in its own process (benchmarks/measure.py) so its peak RSS is its own; wall time
+is decoding + inference with the models loaded. Prints Markdown tables (paste into the README).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / "benchmarks" / ".cache"
+PY = sys.executable
+GENERATED = {"conv30": (4, 1800, 3), "long4h": (4, 4 * 3600, 5)}
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    audio: Path
+    rttm: Path | None
+    true_speakers: int | None
+
+
+def sample_input() -> Input:
+    sys.path.insert(0, str(ROOT))
+    from diarist.daemon.cli import sample_audio
+
+    audio, rttm = sample_audio()
+    return Input("sample", audio, rttm, 2)
+
+
+def generated(name: str) -> Input:
+    speakers, seconds, seed = GENERATED[name]
+    audio, rttm = CACHE / f"{name}.wav", CACHE / f"{name}.rttm"
+    if not (audio.exists() and rttm.exists()):
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"generating {name} ({seconds / 60:.0f} min, {speakers} speakers) ...", file=sys.stderr, flush=True)
+        cmd = [PY, str(ROOT / "tests/audiogen.py"), str(audio), "--speakers", str(speakers)]
+        cmd += ["--seconds", str(seconds), "--seed", str(seed), "--rttm", str(rttm)]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return Input(name, audio, rttm, speakers)
+
+
+def user_input(spec: str) -> Input:
+    audio, _, ref = spec.partition(":")
+    path = Path(audio).resolve()
+    if not path.is_file():
+        raise SystemExit(f"benchmarks: {path} does not exist")
+    return Input(path.name, path, Path(ref).resolve() if ref else None, None)
+
+
+def measure(engine: str, item: Input, device: str) -> dict:
+    cmd = [PY, str(ROOT / "benchmarks/measure.py"), str(item.audio), "--engine", engine, "--device", device]
+    if item.rttm:
+        cmd += ["--rttm", str(item.rttm)]
+    print(f"running {engine} on {item.name} ...", file=sys.stderr, flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmarks: {engine} on {item.name} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def engine_table(rows: list[tuple[Input, dict | None, dict | None]]) -> str:
+    lines = [
+        "| input | audio | engine | speakers found/true | wall s | RTF | DER | peak RSS MB | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for item, stock, fast in rows:
+        for r in (stock, fast):
+            if r is None:
+                continue
+            ratio = f"{stock['wall'] / fast['wall']:.1f}×" if (r is fast and stock and fast) else ""
+            lines.append(
+                f"| {item.name} | {r['duration'] / 60:.1f} min | {r['engine']} | "
+                f"{r['speakers']}/{item.true_speakers or '?'} | {r['wall']:.1f} | {r['wall'] / r['duration']:.3f} | "
+                f"{fmt(r['der'], '.3f')} | {r['peak_rss_mb']:.0f} | {ratio} |"
+            )
+        if stock is None and fast is not None:
+            lines.append(f"| {item.name} | | stock | skipped (see --stock-max-minutes) | | | | | |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--inputs", default="sample,conv30,long4h")
+    parser.add_argument("--file", action="append", default=[], help="AUDIO or AUDIO:REFERENCE.rttm")
+    parser.add_argument("--stock-max-minutes", type=float, default=40.0)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-daemon", action="store_true", help="skip the daemon overhead and idle measurements")
+    args = parser.parse_args(argv)
+
+    items = []
+    for name in filter(None, args.inputs.split(",")):
+        items.append(sample_input() if name == "sample" else generated(name))
+    items += [user_input(spec) for spec in args.file]
+
+    started = time.time()
+    rows = []
+    stock_rtf = None
+    for item in items:
+        fast = measure("diarist", item, args.device)
+        estimate = stock_rtf * fast["duration"] / 60 if stock_rtf else 0.0
+        stock = None
+        if estimate <= args.stock_max_minutes:
+            stock = measure("stock", item, args.device)
+            stock_rtf = max(stock_rtf or 0.0, stock["wall"] / stock["duration"])
+        rows.append((item, stock, fast))
+
+    device = rows[0][2]["device"] if rows else "?"
+    print(f"\n### Engines ({machine()}, device {device})\n")
+    print(engine_table(rows))
+    if not args.no_daemon:
+        from daemon_bench import daemon_table
+
+        print("\n### Daemon\n")
+        print(daemon_table())
+    print(f"\n(benchmark took {(time.time() - started) / 60:.1f} min)")
+    return 0
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())
