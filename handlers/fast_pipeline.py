@@ -125,7 +125,7 @@ class FastSpeakerDiarization(SpeakerDiarization):
 class _BlockFrames:
     """Frame-level features of the file, computed block by block on demand and dropped when passed."""
 
-    def __init__(self, model: Any, file: Any, block_seconds: float, device: torch.device, batch: int = 8):
+    def __init__(self, model: Any, file: Any, block_seconds: float, device: torch.device, batch: int = 2):
         self._model = model
         self._device = device
         self._batch = batch
