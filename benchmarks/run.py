@@ -39,7 +39,6 @@ class Input:
 
 
 def sample_input() -> Input:
-    sys.path.insert(0, str(ROOT))
     from diarist.daemon.cli import sample_audio
 
     audio, rttm = sample_audio()

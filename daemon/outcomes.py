@@ -134,22 +134,15 @@ class Outcomes:
     def note_reclaimed(self, taken: Reclaimed) -> None:
         """The dead host's status sidecar said "running there": say what happens now instead."""
         rel = taken.path.relative_to(taken.inbox.path).as_posix()
-        doc = status_document(
-            file=rel,
-            state="waiting",
-            engine=LOCAL_BACKEND,
+        self._write_status(
+            OutputPaths.for_stem(taken.inbox.outbox, reserve_stem(taken.inbox.outbox, rel)).status,
+            rel,
+            "waiting",
             progress=None,
             step=None,
-            updated_at=iso(self._wall()),
-            host=self._host,
             note=f"host {taken.host} stopped renewing its lease; the file is back in the inbox to be taken again",
+            engine=LOCAL_BACKEND,
         )
-        try:
-            atomic_write(
-                OutputPaths.for_stem(taken.inbox.outbox, reserve_stem(taken.inbox.outbox, rel)).status, dumps(doc)
-            )
-        except OSError as e:
-            log.warning("status_write_failed", file=rel, error=str(e))
 
     def status(
         self,
@@ -162,8 +155,22 @@ class Outcomes:
         note: str | None = None,
         engine: str = LOCAL_BACKEND,
     ) -> None:
+        path = OutputPaths.for_stem(inbox.outbox, stem_of(row)).status
+        self._write_status(path, row.rel_path, state, progress=progress, step=step, note=note, engine=engine)
+
+    def _write_status(
+        self,
+        path: Path,
+        rel: str,
+        state: str,
+        *,
+        progress: float | None,
+        step: str | None,
+        note: str | None,
+        engine: str,
+    ) -> None:
         doc = status_document(
-            file=row.rel_path,
+            file=rel,
             state=state,
             engine=engine,
             progress=progress,
@@ -173,6 +180,6 @@ class Outcomes:
             note=note,
         )
         try:
-            atomic_write(OutputPaths.for_stem(inbox.outbox, stem_of(row)).status, dumps(doc))
+            atomic_write(path, dumps(doc))
         except OSError as e:  # a status sidecar is a courtesy; never fail a file over it
-            log.warning("status_write_failed", file=row.rel_path, error=str(e))
+            log.warning("status_write_failed", file=rel, error=str(e))

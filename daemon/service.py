@@ -382,14 +382,14 @@ class Daemon:
             claimed = Path(row.claim_path or "")
             if row.claim_path and claimed.is_file():
                 inbox = self._inboxes.get(row.inbox)
-                stem = reserve_stem(inbox.outbox, row.rel_path) if inbox else None
+                stem = row.out_name or (reserve_stem(inbox.outbox, row.rel_path) if inbox else None)
                 self.ledger.transition(
                     row.id,
                     State.CLAIMED,
                     detail="recovered after restart",
                     sha256=row.sha256 or self._hash(claimed),
                     size=claimed.stat().st_size,
-                    out_name=row.out_name or stem,
+                    out_name=stem,
                 )
         known = {r.claim_path for r in self.ledger.unfinished()}
         for inbox in self.settings.inboxes:

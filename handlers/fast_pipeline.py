@@ -72,20 +72,19 @@ class FastSpeakerDiarization(SpeakerDiarization):
         super().__init__(*args, **kwargs)
         if self.klustering == "AgglomerativeClustering":
             self.clustering = CappedAgglomerativeClustering(metric=self._embedding.metric)
-        self._base = (self.segmentation_step, None)
+        # the instantiated minimum cluster size is meant for the constructor's step; read at the first run
+        self._base_min_cluster: int | None = None
 
     def apply(self, file: Any, *args: Any, **kwargs: Any) -> Any:
         """Stock ``apply`` with the chunk step (and the clustering's minimum cluster size, which counts chunks)
         chosen for this file's duration."""
-        base_step, base_min = self._base
-        if base_min is None:  # the instantiated value, meant for the base step
-            base_min = int(self.clustering.min_cluster_size)
-            self._base = (base_step, base_min)
-        step = base_step
+        if self._base_min_cluster is None:
+            self._base_min_cluster = int(self.clustering.min_cluster_size)
+        step = self.segmentation_step
         if "waveform" in file:
-            step = max(base_step, segmentation_step(file["waveform"].shape[-1] / file["sample_rate"]))
+            step = max(step, segmentation_step(file["waveform"].shape[-1] / file["sample_rate"]))
         self._segmentation.step = step * self._segmentation.duration
-        self.clustering.min_cluster_size = max(2, round(base_min * base_step / step))
+        self.clustering.min_cluster_size = max(2, round(self._base_min_cluster * self.segmentation_step / step))
         return super().apply(file, *args, **kwargs)
 
     def get_embeddings(

@@ -6,11 +6,12 @@ import errno
 import hashlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from diarist.policies.intake import STATE_DIR_NAME
+from diarist.policies.names import numbered
 
 
 @dataclass
@@ -92,12 +93,15 @@ def processing_dir(inbox: Path, host_id: str) -> Path:
     return state_dir(inbox) / "processing" / host_id
 
 
+def _names(path: Path) -> Iterator[Path]:
+    """``path``, then ``name (2).ext``, ``name (3).ext`` ..."""
+    for n in range(1, 10_000):
+        yield path.with_name(numbered(path.stem, n) + path.suffix)
+
+
 def unique_path(path: Path) -> Path:
     """``path`` or, if taken, ``name (2).ext``, ``name (3).ext`` ... so nothing is ever overwritten."""
-    if not path.exists():
-        return path
-    for n in range(2, 10_000):
-        candidate = path.with_name(f"{path.stem} ({n}){path.suffix}")
+    for candidate in _names(path):
         if not candidate.exists():
             return candidate
     raise FileExistsError(f"too many files named like {path}")
@@ -134,18 +138,15 @@ def move_no_clobber(source: Path, target: Path) -> Path:
     Not exclusive on ``source``: only move files from a folder this host alone writes to.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    candidate = target
-    for n in range(2, 10_000):
+    for candidate in _names(target):
         try:
             os.link(source, candidate)
         except FileExistsError:
-            candidate = target.with_name(f"{target.stem} ({n}){target.suffix}")
             continue
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
             if not _reserve(candidate):
-                candidate = target.with_name(f"{target.stem} ({n}){target.suffix}")
                 continue
             try:
                 os.replace(source, candidate)
