@@ -321,9 +321,12 @@ def test_cloud_unavailable_sends_files_local_with_the_reason(
 
 BUDGET = {
     "daily_budget": 0.05,
-    # a10g-small at $1.00/h is $0.016667 a minute on the Hub's list: with a 45 s start-up a job of up to 10 min of
-    # audio gets a 2 min timeout, so its worst case is $0.033334: one fits under $0.05, two do not
-    "startup_seconds": 45,
+    # a10g-small at $1.00/h is $0.016667 a minute on the Hub's list: with a 30 s start-up a job of up to 10 min of
+    # audio gets a 2 min timeout, so its worst case is $0.033334: one fits under $0.05, two do not. The 30 s
+    # leaves the estimate (30 s + 600 s / 40x = 45 s, doubled: 90 s) room below the 2-minute line, so what the
+    # first job teaches the throughput table cannot push the next file's worst case to 3 minutes ($0.050001,
+    # over the cap on its own: such a file would never wait, it would go local)
+    "startup_seconds": 30,
     "min_job_timeout": 60,
     "timezone": "Europe/Berlin",
 }
@@ -361,7 +364,8 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
         audio = f"atrim=start={n}:duration=8,adelay={n * 10}:all=1,apad=whole_dur=600"
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample[0]), "-af", audio, str(dst)], check=True)
         recordings.append(dst)
-    d = cloud_daemon(fallback=False, inbox={"task": "vad"}, **BUDGET)
+    # one file per job: with the 30 s start-up two 10-minute files would share one 2-minute job
+    d = cloud_daemon(fallback=False, inbox={"task": "vad"}, batch_max_files=1, **BUDGET)
     monitor = CommitMonitor(d.ledger_path)
     for rec in recordings:
         copy(rec, d.inbox / rec.name)
