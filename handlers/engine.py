@@ -265,11 +265,16 @@ class LocalEngine:
         speakers: dict[str, int] | None = None,
         progress: Progress | None = None,
     ) -> EngineOutput:
-        """Run ``task`` on a mono 16 kHz waveform."""
+        """Run ``task`` on a mono 16 kHz waveform: ``audio.decode``'s 16-bit samples, or float in [-1, 1)."""
         import torch
 
+        from diarist.handlers.fast_pipeline import FastSpeakerDiarization, pcm_to_float
+
         self.load()
-        file = {"waveform": torch.from_numpy(waveform)[None], "sample_rate": SAMPLE_RATE, "uri": uri}
+        samples = torch.from_numpy(waveform)[None]
+        if not isinstance(self._pipeline, FastSpeakerDiarization):  # stock pipelines want float samples
+            samples = pcm_to_float(samples)
+        file = {"waveform": samples, "sample_rate": SAMPLE_RATE, "uri": uri}
         hook = _ProgressHook(progress) if progress else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -294,6 +299,8 @@ class LocalEngine:
     def _count_only(self, file: dict[str, Any], task: Task, hook: Any) -> EngineOutput:
         """Speech / overlap regions from the segmentation model alone: no embeddings, no clustering."""
         p = self._pipeline
+        if hasattr(p, "fit_to"):  # the fast pipeline's chunk step depends on the file's duration
+            file = p.fit_to(file)
         segmentations = p.get_segmentations(file, hook=hook)
         binarized = segmentations
         if not p._segmentation.model.specifications.powerset:

@@ -18,6 +18,10 @@ block (plus margins) rather than over the chunk, both 10-12 s of the same audio.
 
 Used only with embedding models that expose ``forward_frames`` / ``pooling`` / ``dense`` (the bundled
 CAM++); any other model falls back to the stock method.
+
+The waveform may be 16-bit (``audio.decode``'s samples, half the memory of float on long files): segmentation
+and the block features scale each batch to float on its way into a model, so the whole file is never held
+as float.
 """
 
 from __future__ import annotations
@@ -28,8 +32,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from pyannote.audio import Inference
 from pyannote.audio.pipelines import SpeakerDiarization
 from pyannote.audio.pipelines.clustering import AgglomerativeClustering
+
+from diarist.handlers.audio import PCM_FULL_SCALE
 
 #: seconds of audio run on either side of each block and then discarded
 MARGIN_SECONDS = 1.0
@@ -37,6 +44,21 @@ MARGIN_SECONDS = 1.0
 #: already does for the embeddings it filters out). Agglomerative clustering holds all pairwise distances:
 #: 5,000 is 100 MB, the ~30,000 of a 4-hour meeting would be 3.6 GB.
 MAX_TRAINING_EMBEDDINGS = 5000
+
+
+def pcm_to_float(samples: torch.Tensor) -> torch.Tensor:
+    """float samples in [-1, 1) from 16-bit ones; float input is returned as it is."""
+    if samples.dtype != torch.int16:
+        return samples
+    return samples.float().mul_(1 / PCM_FULL_SCALE)
+
+
+class _PcmInference(Inference):
+    """pyannote's sliding-window inference, also over a 16-bit waveform: each batch of chunks becomes float
+    only as it goes into the model (the chunks themselves are views into the waveform)."""
+
+    def infer(self, chunks: torch.Tensor) -> Any:
+        return super().infer(pcm_to_float(chunks))
 
 
 class CappedAgglomerativeClustering(AgglomerativeClustering):
@@ -72,20 +94,42 @@ class FastSpeakerDiarization(SpeakerDiarization):
         super().__init__(*args, **kwargs)
         if self.klustering == "AgglomerativeClustering":
             self.clustering = CappedAgglomerativeClustering(metric=self._embedding.metric)
+        stock = self._segmentation
+        self._segmentation = _PcmInference(
+            stock.model, duration=stock.duration, step=stock.step, skip_aggregation=True, batch_size=stock.batch_size
+        )
         # the instantiated minimum cluster size is meant for the constructor's step; read at the first run
         self._base_min_cluster: int | None = None
 
     def apply(self, file: Any, *args: Any, **kwargs: Any) -> Any:
-        """Stock ``apply`` with the chunk step (and the clustering's minimum cluster size, which counts chunks)
-        chosen for this file's duration."""
+        """Stock ``apply``, fitted to this file first (``fit_to``)."""
+        return super().apply(self.fit_to(file), *args, **kwargs)
+
+    def fit_to(self, file: Any) -> Any:
+        """Choose the chunk step (and the clustering's minimum cluster size, which counts chunks) for this
+        file's duration; returns the file, with float samples if pyannote's own embedding step will crop it.
+
+        ``apply`` calls it; so does anything else that runs the segmentation on its own (VAD, OSD), so that
+        every task sees the same chunks for the same file.
+        """
         if self._base_min_cluster is None:
             self._base_min_cluster = int(self.clustering.min_cluster_size)
         step = self.segmentation_step
         if "waveform" in file:
             step = max(step, segmentation_step(file["waveform"].shape[-1] / file["sample_rate"]))
+            if not self._block_frames_apply():
+                file = {**file, "waveform": pcm_to_float(file["waveform"])}
         self._segmentation.step = step * self._segmentation.duration
         self.clustering.min_cluster_size = max(2, round(self._base_min_cluster * self.segmentation_step / step))
-        return super().apply(file, *args, **kwargs)
+        return file
+
+    def _block_frames_apply(self) -> bool:
+        """Whether ``get_embeddings`` takes the block-features path rather than pyannote's own."""
+        return (
+            not self.training
+            and not self.embedding_exclude_overlap
+            and hasattr(self._embedding.model_, "forward_frames")
+        )
 
     def get_embeddings(
         self,
@@ -95,7 +139,7 @@ class FastSpeakerDiarization(SpeakerDiarization):
         hook: Callable[..., None] | None = None,
     ) -> np.ndarray:
         model = self._embedding.model_
-        if exclude_overlap or self.training or not hasattr(model, "forward_frames") or "waveform" not in file:
+        if exclude_overlap or not self._block_frames_apply() or "waveform" not in file:
             return super().get_embeddings(file, binary_segmentations, exclude_overlap=exclude_overlap, hook=hook)
         num_chunks, _num_frames, num_speakers = binary_segmentations.data.shape
         masks = np.nan_to_num(binary_segmentations.data, nan=0.0).astype(np.float32)
@@ -146,7 +190,7 @@ class _BlockFrames:
         out = torch.zeros(1, length)
         lo, hi = max(first, 0), min(first + length, self._waveform.shape[-1])
         if hi > lo:
-            out[0, lo - first : hi - first] = self._waveform[0, lo:hi]
+            out[0, lo - first : hi - first] = pcm_to_float(self._waveform[0, lo:hi])
         return out
 
     def _compute(self, first: int) -> None:

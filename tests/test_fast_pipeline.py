@@ -7,7 +7,7 @@ import pytest
 import torch
 from pyannote.core import SlidingWindow, SlidingWindowFeature
 
-from diarist.handlers.audio import decode
+from diarist.handlers.audio import decode, to_float
 from diarist.handlers.engine import LocalEngine
 from diarist.handlers.fast_pipeline import (
     LONG_FILE_SECONDS,
@@ -50,7 +50,7 @@ class TestFastPipeline:
     def test_embeddings_agree_with_stock(self, engine, stock_engine, sample):
         """Per (chunk, speaker), the fast embeddings point where stock's do (cosine 0.90-0.95 measured: the
         features' normalisation spans a block instead of the chunk); inactive speakers are NaN."""
-        file = {"waveform": torch.from_numpy(decode(sample[0]))[None], "sample_rate": 16000, "uri": "s"}
+        file = {"waveform": torch.from_numpy(to_float(decode(sample[0])))[None], "sample_rate": 16000, "uri": "s"}
         p = engine._pipeline
         binary = p.get_segmentations(file)
         fast = p.get_embeddings(file, binary)
@@ -59,6 +59,22 @@ class TestFastPipeline:
         assert np.isnan(fast[~active]).all()
         sims = [cosine(fast[c, s], stock[c, s]) for c, s in zip(*np.nonzero(active), strict=True)]
         assert len(sims) > 20 and min(sims) > 0.85 and float(np.median(sims)) > 0.9, sorted(sims)[:5]
+
+    def test_sixteen_bit_samples_give_what_float_samples_give(self, engine, sample):
+        """The engine keeps the decoded file 16-bit (half the memory); segmentation and embeddings, scaled
+        batch by batch, come out as they do from the same samples held as float."""
+        pcm = torch.from_numpy(decode(sample[0]))[None]
+        assert pcm.dtype == torch.int16
+        as_pcm = {"waveform": pcm, "sample_rate": 16000, "uri": "s"}
+        as_float = {"waveform": torch.from_numpy(to_float(pcm.numpy())), "sample_rate": 16000, "uri": "s"}
+        p = engine._pipeline
+        seg_pcm, seg_float = p.get_segmentations(as_pcm), p.get_segmentations(as_float)
+        np.testing.assert_allclose(seg_pcm.data, seg_float.data, atol=1e-6)
+        emb_pcm, emb_float = p.get_embeddings(as_pcm, seg_pcm), p.get_embeddings(as_float, seg_float)
+        np.testing.assert_allclose(emb_pcm, emb_float, atol=1e-4)
+        by_pcm = engine.run(pcm.numpy()[0], uri="s", task=Task.DIARIZATION)
+        by_float = engine.run(as_float["waveform"].numpy()[0], uri="s", task=Task.DIARIZATION)
+        assert by_pcm.segments == by_float.segments and len(by_pcm.segments) > 5
 
     def test_silent_chunks_are_not_computed(self, engine):
         """A chunk where nobody speaks costs no network pass and gets NaN embeddings."""
@@ -83,7 +99,7 @@ class TestFastPipeline:
     def test_block_features_match_a_chunk_run_alone(self, engine, sample):
         """A chunk cut from two blocks embeds close to the chunk run on its own (cosine 0.93 measured)."""
         model = engine._pipeline._embedding.model_
-        waveform = torch.from_numpy(decode(sample[0]))[None]
+        waveform = torch.from_numpy(to_float(decode(sample[0])))[None]
         blocks = _BlockFrames(model, {"waveform": waveform, "sample_rate": 16000}, 10.0, torch.device("cpu"))
         assert blocks.fps == 50
         with torch.inference_mode():
@@ -108,6 +124,10 @@ class TestChunkStep:
         assert p._segmentation.step == pytest.approx(2.0) and p.clustering.min_cluster_size == 6
         engine.run(quiet[: 16000 * 20], uri="short", task=Task.DIARIZATION)
         assert p._segmentation.step == pytest.approx(1.0) and p.clustering.min_cluster_size == 12
+        engine.run(quiet, uri="long", task=Task.VAD)  # the segmentation-only tasks get the same chunks
+        assert p._segmentation.step == pytest.approx(2.0)
+        engine.run(quiet[: 16000 * 20], uri="short", task=Task.OSD)
+        assert p._segmentation.step == pytest.approx(1.0)
 
 
 class TestCappedClustering:
