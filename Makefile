@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.diarist-installed
 
-.PHONY: setup demo test bench lint clean
+.PHONY: setup demo test bench soak lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,11 @@ test: setup
 # not part of the tests: minutes to an hour, prints tables (README: Benchmarks)
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py $(ARGS)
+
+# not part of the tests: drops files and kills the daemon for MINUTES, then prints the counts (README)
+MINUTES ?= 10
+soak: setup
+	$(VENV)/bin/python tests/soak.py --minutes $(MINUTES)
 
 lint: setup
 	$(VENV)/bin/ruff check daemon handlers policies tests benchmarks

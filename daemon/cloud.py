@@ -25,6 +25,7 @@ from diarist.daemon.ledger import FileRow, JobRow, JobState, Ledger, State
 from diarist.handlers import cloud_fetch
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.cloud_submit import JobItem, JobSpec, Submitter
+from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.errors import CloudError, DiaristError, PermanentFileError, TransientError
 from diarist.policies.budget import BudgetCaps, BudgetDecision, Cap, settle_cost
 from diarist.policies.flavor import DEFAULT_THROUGHPUT, estimate_seconds, job_timeout_for, update_throughput
@@ -354,6 +355,7 @@ class CloudRoute:
             staged = self._submitter.stage(spec)
             self.ledger.update_job(job.batch_id, staged=json.dumps(staged))
             snap = self._submitter.start(spec)
+            crash_point("cloud_submit")
         except TransientError:
             raise  # the job row stays "submitting"; _recover_submitting finds or restarts it
         except Exception as e:  # refused by the Hub, or anything else: never leave the batch half-open
@@ -420,6 +422,7 @@ class CloudRoute:
                 return
             raise
         self.ledger.update_job(job.batch_id, stage=snap.stage, running_seconds=snap.running_seconds)
+        crash_point("cloud_poll")
         verdict = judge_job(
             snap.stage,
             snap.message,
@@ -472,6 +475,7 @@ class CloudRoute:
             assert row.sha256
             got = cloud_fetch.fetch_one(hub, job.job_id, row.sha256)
             if self._deliver(job, row, got, snap.url, snap.running_seconds):
+                crash_point("cloud_collect")
                 continue
             if got.error is not None and got.error.get("kind") == "bad-input":
                 err = PermanentFileError(

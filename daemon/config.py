@@ -86,6 +86,9 @@ class DaemonSettings:
     #: on SIGTERM the file in hand gets this long to finish before it goes back into the inbox
     #: (keep it below the unit's TimeoutStopSec)
     stop_timeout: float = 240.0
+    #: a file held up by a fault diarist can wait out (outbox not writable, a full disk, the ledger locked,
+    #: FFmpeg missing) is tried again after this long
+    retry_interval: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -433,6 +436,7 @@ def parse_settings(
             "telemetry",
             "lease_seconds",
             "stop_timeout",
+            "retry_interval",
         },
     )
     log_format = d.get("log_format", str, "auto")
@@ -448,6 +452,7 @@ def parse_settings(
         telemetry=d.get("telemetry", bool, False),
         lease_seconds=d.number("lease_seconds", 60.0, minimum=2.0),
         stop_timeout=d.number("stop_timeout", 240.0, minimum=0.0),
+        retry_interval=d.number("retry_interval", 30.0, minimum=1.0),
     )
     m = _Reader(
         top.get("models", dict, {}),

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -34,29 +35,36 @@ from diarist.daemon.watcher import InboxWatcher, scan
 from diarist.handlers import audio, intake
 from diarist.handlers.cloud_job import CLOUD_BACKEND
 from diarist.handlers.cloud_submit import JobItem
+from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.engine import LocalEngine
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
 from diarist.handlers.outbox import reserve_stem
+from diarist.handlers.results import sweep_temporaries
 from diarist.policies.flavor import Task
 from diarist.policies.health import should_release, stale_components, status_line
 from diarist.policies.intake import ignore_reason
+from diarist.policies.names import is_text, printable
 from diarist.policies.route import FileFacts, Route, RouteSettings, UserPrefs, decide_route
 from diarist.policies.sidecar import SIDECAR_SUFFIX, FileRequest, SidecarError, parse_sidecar_text, sidecar_names
 
 log = structlog.get_logger("diarist")
 
-TRANSIENT_RETRY_SECONDS = 30.0
 STATUS_MIN_INTERVAL = 1.0
 # How often a running daemon records itself in the ledger; the CLI treats 3x this as "alive".
 HEARTBEAT_SECONDS = 5.0
+#: a temporary this old is left over from a crash, not another host's write in progress
+TEMPORARY_MAX_AGE = 60.0
 
 
 def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, PermanentFileError | None]:
     """The sidecar next to ``path`` (if any), its request, or the error that fails the file."""
     for name in sidecar_names(path.name):
         candidate = path.with_name(name)
-        if not candidate.is_file():
+        try:
+            if not candidate.is_file():
+                continue
+        except OSError:  # e.g. the audio's name is so long that its sidecar's could not exist
             continue
         try:
             return candidate, parse_sidecar_text(candidate.read_text(encoding="utf-8")), None
@@ -69,6 +77,32 @@ def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, Permanen
         except OSError:
             return None, None, None
     return None, None, None
+
+
+def unreadable(e: OSError) -> PermanentFileError:
+    return PermanentFileError(
+        f"diarist is not allowed to read it ({e.strerror})",
+        hint=f"give the account diarist runs as (uid {os.geteuid()}) read access to the file, or drop a copy "
+        "it can read",
+    )
+
+
+def storage_fault(e: OSError | sqlite3.Error, inbox: InboxSettings) -> TransientError:
+    """A write diarist could not make (outbox or archive not writable, a full disk, the ledger unusable):
+    nothing is wrong with the file, so it waits in processing/ and is retried; its finished result stays in
+    the ledger, so inference is not run again."""
+    if isinstance(e, sqlite3.Error):
+        return TransientError(
+            f"the ledger could not be written ({e})",
+            hint="free space on the state directory's disk or stop the process that holds the ledger; "
+            "diarist retries by itself",
+        )
+    where = f" ({e.filename})" if e.filename else ""
+    return TransientError(
+        f"diarist could not write its output{where}: {e.strerror or e}",
+        hint=f"make {inbox.outbox} and the inbox's .diarist folder writable for the account diarist runs as "
+        f"(uid {os.geteuid()}) and check that their disk has space; the file waits and is finished automatically",
+    )
 
 
 def _request(row: FileRow) -> FileRequest:
@@ -110,6 +144,7 @@ class Daemon:
         self._tracker = intake.StabilityTracker(clock=clock)
         self._file_ids: dict[Path, int] = {}
         self._retry_at: dict[int, float] = {}
+        self._retry_delay = settings.daemon.retry_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -158,6 +193,11 @@ class Daemon:
         # a restart within the lease keeps our claims: renew before anything else
         self.leases.renew()
         self._recover()
+        for inbox in self.settings.inboxes:
+            for folder in (inbox.outbox, intake.state_dir(inbox.path)):
+                swept = sweep_temporaries(folder, older_than=self._wall() - TEMPORARY_MAX_AGE)
+                if swept:
+                    log.info("temporaries_removed", folder=str(folder), count=swept)
         self.watcher.start()
         self._scan_all()
         self._threads = [
@@ -288,7 +328,14 @@ class Daemon:
             self._next_scan = self._clock() + self.settings.daemon.rescan_interval
         self._drain_events()
         for path in self._tracker.poll(self._stability_for):
-            self._take(path)
+            file_id = self._file_ids.get(path)
+            try:
+                self._take(path)
+            except Exception:  # one file's surprise must not stop the others (nor mark them vanished)
+                log.exception("take_error", file=printable(str(path)))
+                if file_id is not None and os.path.lexists(path):
+                    self._file_ids[path] = file_id  # still in the inbox: try again after another stable wait
+                    self._tracker.observe(path)
         self._forget_vanished()
         self._route_pending()
 
@@ -323,7 +370,13 @@ class Daemon:
             if path in self._tracker:
                 self._tracker.observe(path)
                 continue
-            if path.is_symlink() or not path.is_file():
+            if path.is_symlink():
+                self._refuse(inbox, path, rel, "symlink")
+                continue
+            if not path.is_file():
+                continue
+            if not is_text(rel):
+                self._refuse(inbox, path, rel, "name")
                 continue
             if inbox.on_success is OnSuccess.KEEP and self.ledger.is_kept(str(inbox.path), rel, signature(path)):
                 continue
@@ -331,6 +384,26 @@ class Daemon:
                 self._file_ids[path] = self.ledger.discover(str(inbox.path), rel)
                 log.info("discovered", file=rel, inbox=str(inbox.path))
             self._tracker.observe(path)
+
+    def _refuse(self, inbox: InboxSettings, path: Path, rel: str, why: str) -> None:
+        """Turn away what diarist will not take; it is claimed like any file (one host acts), then moved
+        into failed/ untouched with the reason beside it and in the outbox."""
+        if why == "symlink":
+            error = PermanentFileError(
+                "it is a symbolic link, and diarist does not follow links (one could point at any file on this "
+                "machine)",
+                hint="copy the recording itself into the inbox",
+            )
+        else:
+            error = PermanentFileError(
+                f"its name is not valid UTF-8 ({printable(path.name)}), so it cannot be written into results, "
+                "logs or the ledger as it is",
+                hint="rename it using plain letters (on a share, check the client's character set) and drop it again",
+            )
+        target = intake.unique_path(intake.processing_dir(inbox.path, self._host) / rel)
+        if not intake.claim(path, target):
+            return
+        self.out.refuse(inbox, target, rel, error, log.bind(file=printable(rel)))
 
     def _forget_vanished(self) -> None:
         """Files removed (or renamed away) before they were complete: close their ledger rows."""
@@ -360,9 +433,16 @@ class Daemon:
             self.ledger.forget(file_id)
             log.info("claimed_elsewhere", file=rel)
             return
+        crash_point("claimed")
         if sidecar is not None:
             intake.claim(sidecar, companion(target))
-        sha = self._hash(target)
+        try:
+            sha = self._hash(target)
+        except PermissionError as e:
+            stem = reserve_stem(inbox.outbox, rel)
+            self.ledger.transition(file_id, State.CLAIMED, size=target.stat().st_size, out_name=stem)
+            self.out.fail(self.ledger.get(file_id), inbox, target, unreadable(e), log.bind(file=rel))
+            return
         stem = reserve_stem(inbox.outbox, rel)
         self.ledger.transition(file_id, State.CLAIMED, sha256=sha, size=target.stat().st_size, out_name=stem)
         log.info("claimed", file=rel, sha=sha[:12], sidecar=sidecar.name if sidecar else None, outputs=stem)
@@ -433,7 +513,7 @@ class Daemon:
                 self.process(row)
             except Exception:
                 log.exception("worker_error", file=row.rel_path)
-                self._retry_at[row.id] = self._clock() + TRANSIENT_RETRY_SECONDS
+                self._retry_at[row.id] = self._clock() + self._retry_delay
 
     def _next_row(self) -> FileRow | None:
         now = self._clock()
@@ -448,7 +528,7 @@ class Daemon:
         bound = log.bind(file=row.rel_path, sha=(row.sha256 or "")[:12], route="local")
         if inbox is None:
             bound.warning("inbox_not_configured", inbox=row.inbox)
-            self._retry_at[row.id] = self._clock() + TRANSIENT_RETRY_SECONDS
+            self._retry_at[row.id] = self._clock() + self._retry_delay
             return
         claimed = Path(row.claim_path or "")
         if not claimed.is_file():
@@ -465,9 +545,9 @@ class Daemon:
         except _Released as e:
             self.out.release(row, inbox, claimed, str(e), bound)
         except TransientError as e:
-            bound.warning("transient_error", error=str(e), retry_in=TRANSIENT_RETRY_SECONDS)
-            self.out.status(inbox, row, "waiting", progress=None, step=None, note=str(e))
-            self._retry_at[row.id] = self._clock() + TRANSIENT_RETRY_SECONDS
+            self._wait(row, inbox, e, bound)
+        except (OSError, sqlite3.Error) as e:  # diarist's own writes, not the file: a fault that can clear
+            self._wait(row, inbox, storage_fault(e, inbox), bound)
         except DiaristError as e:  # permanent for this file (bad input, model failure on it)
             self.out.fail(row, inbox, claimed, e, bound)
         except Exception as e:  # an engine crash on odd input must not take the daemon down
@@ -482,6 +562,11 @@ class Daemon:
                 ),
                 bound,
             )
+
+    def _wait(self, row: FileRow, inbox: InboxSettings, e: TransientError, bound: Any) -> None:
+        bound.warning("transient_error", error=str(e), retry_in=self._retry_delay)
+        self.out.status(inbox, row, "waiting", progress=None, step=None, note=str(e))
+        self._retry_at[row.id] = self._clock() + self._retry_delay
 
     def _result_for(self, row: FileRow, inbox: InboxSettings, claimed: Path, bound: Any) -> dict[str, Any]:
         assert row.sha256
@@ -508,6 +593,8 @@ class Daemon:
         started = self._clock()
 
         def progress(step: str, fraction: float) -> None:
+            if step == "embeddings":
+                crash_point("inference")
             now = self._clock()
             self.heartbeats["worker"] = now
             if self._deadline is not None and should_release(
@@ -533,6 +620,7 @@ class Daemon:
         if user:
             doc["user"] = user
         self.ledger.store_result(row.id, key, row.sha256, doc)
+        crash_point("result_stored")
         return doc
 
     def _adapt(self, stored: tuple[int, dict[str, Any]], row: FileRow) -> dict[str, Any]:

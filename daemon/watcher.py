@@ -35,7 +35,8 @@ def watch_mode(inbox: InboxSettings, mounts_text: str | None = None) -> WatchMod
 
 
 def scan(inbox: InboxSettings) -> Iterator[Path]:
-    """Every regular file under the inbox (top level only unless recursive), skipping hidden folders."""
+    """Every regular file and symlink under the inbox (top level only unless recursive), skipping hidden
+    folders. Symlinked folders are never entered."""
     stack = [inbox.path]
     while stack:
         folder = stack.pop()
@@ -47,7 +48,7 @@ def scan(inbox: InboxSettings) -> Iterator[Path]:
             if entry.is_dir(follow_symlinks=False):
                 if inbox.recursive and not entry.name.startswith(".") and entry.name != STATE_DIR_NAME:
                     stack.append(Path(entry.path))
-            elif entry.is_file(follow_symlinks=False):
+            elif entry.is_file(follow_symlinks=False) or entry.is_symlink():  # links: to be refused
                 yield Path(entry.path)
 
 

@@ -31,7 +31,7 @@ def _tool(name: str) -> str:
     if path is None:
         raise ToolMissingError(
             f"{name} is not installed, so audio cannot be decoded",
-            hint="install FFmpeg (Debian/Ubuntu: apt-get install ffmpeg) and restart diarist",
+            hint="install FFmpeg (Debian/Ubuntu: apt-get install ffmpeg); waiting files are retried by themselves",
         )
     return path
 
@@ -59,6 +59,7 @@ def probe(path: Path) -> AudioInfo:
     )
     if proc.returncode != 0:
         detail = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"ffprobe exit {proc.returncode}"
+        detail = detail.removeprefix(f"{path}: ")  # where diarist keeps it meanwhile is no news to the user
         raise PermanentFileError(
             f"not a readable audio file: {detail}",
             hint="check that the file is complete and really is audio (wav, flac, mp3, m4a, ogg, opus, webm, mp4)",
@@ -136,3 +137,58 @@ def to_float(samples: np.ndarray) -> np.ndarray:
     if samples.dtype != np.int16:
         return samples
     return np.multiply(samples, np.float32(1 / PCM_FULL_SCALE), dtype=np.float32)
+
+
+#: shorter than this there is no speech to tell apart (a syllable takes ~0.2 s; pyannote's frames are 17 ms)
+MIN_SECONDS = 0.25
+#: a file whose loudest sample is this quiet (1/32768 of full scale: the last bit) holds no sound at all
+SILENT_PEAK = 1
+#: how much of the file ``noise_instead_of_audio`` looks at
+_NOISE_PROBE_SECONDS = 60
+_NOISE_FRAME = 512
+
+
+def content_problem(samples: np.ndarray) -> PermanentFileError | None:
+    """Why decoded 16-bit ``samples`` cannot be diarized at all, or None.
+
+    Catches what decodes without an FFmpeg error but is not a recording: an empty or near-empty stream, and
+    bytes that are not audio behind a valid header (their samples are loud white noise).
+    """
+    if samples.size < MIN_SECONDS * SAMPLE_RATE:
+        return PermanentFileError(
+            f"the audio is only {samples.size / SAMPLE_RATE:.3f} s long: too short to tell who speaks "
+            f"(at least {MIN_SECONDS} s)",
+            hint="drop the complete recording; if the copy was cut short, copy it again",
+        )
+    if noise_instead_of_audio(samples):
+        return PermanentFileError(
+            "the audio decodes to loud white noise: the data behind the file's header is not audio "
+            "(a damaged file, or another kind of file renamed)",
+            hint="re-export the recording from the application that made it, or copy the original again",
+        )
+    return None
+
+
+def is_silent(samples: np.ndarray) -> bool:
+    """True when no sample rises above the last bit: digital silence, no speech to look for."""
+    return samples.size == 0 or int(np.abs(samples.astype(np.int32)).max()) <= SILENT_PEAK
+
+
+def noise_instead_of_audio(samples: np.ndarray) -> bool:
+    """Loud (RMS above -15 dBFS) and spectrally flat (flatness above 0.6 below 7 kHz) over the first minute.
+
+    Random bytes read as samples are full-band white noise at about -5 dBFS. Speech and music are far from
+    flat (flatness below 0.1) and room noise is far quieter, so neither comes near both thresholds.
+    """
+    probe = samples[: _NOISE_PROBE_SECONDS * SAMPLE_RATE]
+    frames = probe[: probe.size // _NOISE_FRAME * _NOISE_FRAME].reshape(-1, _NOISE_FRAME)
+    if not len(frames):
+        return False
+    x = frames.astype(np.float32) / PCM_FULL_SCALE
+    rms_db = 10 * np.log10(float(np.mean(x**2)) + 1e-12)
+    if rms_db < -15:
+        return False
+    power = np.mean(np.abs(np.fft.rfft(x, axis=1)) ** 2, axis=0)
+    band = power[1 : int(len(power) * 7000 / (SAMPLE_RATE / 2))]  # skips DC and the resampler's roll-off
+    flatness = float(np.exp(np.mean(np.log(band + 1e-20))) / (np.mean(band) + 1e-20))
+    return flatness > 0.6

@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from diarist.policies.intake import STATE_DIR_NAME
-from diarist.policies.names import numbered
+from diarist.policies.names import numbered, within
+
+#: the longest file name (in bytes) ext4, XFS, Btrfs, NTFS and SMB shares take
+NAME_MAX_BYTES = 255
 
 
 @dataclass
@@ -140,7 +143,7 @@ def move_no_clobber(source: Path, target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     for candidate in _names(target):
         try:
-            os.link(source, candidate)
+            os.link(source, candidate, follow_symlinks=False)  # a refused symlink moves as the link itself
         except FileExistsError:
             continue
         except OSError as e:
@@ -167,6 +170,16 @@ def _reserve(path: Path) -> bool:
     return True
 
 
+def beside(path: Path, suffix: str) -> Path:
+    """``path`` with ``suffix`` appended to its name (``x.wav`` -> ``x.wav.error.json``), the name cut short
+    where the whole would pass the 255 bytes most filesystems allow."""
+    room = NAME_MAX_BYTES - len(suffix.encode())
+    name = os.fsencode(path.name)
+    if len(name) > room:
+        name = name[:room].decode("utf-8", "ignore").encode()  # never cut a character in half
+    return path.with_name(os.fsdecode(name) + suffix)
+
+
 def move_aside(source: Path, inbox: Path, bucket: str, rel_path: str) -> Path:
     """Move a claimed input into ``<inbox>/.diarist/<bucket>/<rel_path>`` (renamed if taken); returns the target."""
-    return move_no_clobber(source, state_dir(inbox) / bucket / rel_path)
+    return move_no_clobber(source, within(state_dir(inbox) / bucket, rel_path))

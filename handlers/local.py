@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from diarist.handlers import audio
-from diarist.handlers.engine import LocalEngine
+from diarist.handlers.engine import EngineOutput, LocalEngine
 from diarist.handlers.errors import PermanentFileError
 from diarist.handlers.results import SourceFacts, build_result
 from diarist.policies.flavor import Task
@@ -36,6 +36,10 @@ def diarize_file(
     Raises ``PermanentFileError`` for input FFmpeg cannot read, ``ToolMissingError`` without FFmpeg.
     """
     started = time.monotonic()
+    if path.stat().st_size == 0:
+        raise PermanentFileError(
+            "the file is empty (0 bytes)", hint="the copy probably failed: copy the recording into the inbox again"
+        )
     info = audio.probe(path)
     waveform = audio.decode(path, info.duration)
     decoded = time.monotonic()
@@ -43,9 +47,17 @@ def diarize_file(
         raise PermanentFileError(
             "the audio stream is empty (0 samples decoded)", hint="drop a recording that contains audio"
         )
+    problem = audio.content_problem(waveform)
+    if problem is not None:
+        raise problem
     if progress:
         progress("decoded", 0.0)
-    output = engine.run(waveform, uri=Path(name).stem, task=task, speakers=speakers, progress=progress)
+    if audio.is_silent(waveform):  # nobody speaks in digital silence: a valid, empty answer without the models
+        output = EngineOutput(
+            vad=() if task in (Task.VAD, Task.FULL) else None, overlap=() if task in (Task.OSD, Task.FULL) else None
+        )
+    else:
+        output = engine.run(waveform, uri=Path(name).stem, task=task, speakers=speakers, progress=progress)
     finished = time.monotonic()
     engine_info = engine.info
     return build_result(

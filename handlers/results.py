@@ -15,10 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.engine import Region, Segment
-from diarist.policies.names import output_stem
+from diarist.policies.names import output_stem, within
 
 SCHEMA = "diarist.result/1"
+#: the name ending of ``atomic_write``'s temporaries (hidden: they also start with a dot)
+TEMPORARY_SUFFIX = ".diarist-tmp"
 STATUS_SCHEMA = "diarist.status/1"
 ERROR_SCHEMA = "diarist.error/1"
 # files diarist writes are readable by the team, never world-writable
@@ -28,7 +31,7 @@ FILE_MODE = 0o644
 def atomic_write(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see the old file, or the new one complete, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:80]}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -43,6 +46,21 @@ def atomic_write(path: Path, data: bytes) -> None:
             pass
         raise
     _fsync_dir(path.parent)
+
+
+def sweep_temporaries(folder: Path, older_than: float) -> int:
+    """Remove ``atomic_write``'s temporaries under ``folder`` last touched before ``older_than`` (epoch
+    seconds): a process killed mid-write leaves one behind. Younger ones may be another host's write in
+    progress. Returns how many went."""
+    removed = 0
+    for tmp in folder.rglob(f".*{TEMPORARY_SUFFIX}") if folder.is_dir() else ():
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < older_than:
+                tmp.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -189,7 +207,7 @@ class OutputPaths:
     @classmethod
     def for_stem(cls, outbox: Path, stem_path: str) -> OutputPaths:
         """Outputs at ``outbox/<stem_path>.*`` (``stem_path`` is ``/``-separated, from ``reserve_stem``)."""
-        stem = outbox.joinpath(*stem_path.split("/"))
+        stem = within(outbox, stem_path)
         return cls(
             rttm=stem.with_name(stem.name + ".rttm"),
             json=stem.with_name(stem.name + ".json"),
@@ -210,6 +228,7 @@ def rttm_of(doc: dict[str, Any]) -> str:
 def write_result(paths: OutputPaths, doc: dict[str, Any]) -> None:
     """RTTM first, JSON last: a present JSON means the RTTM beside it is complete too."""
     atomic_write(paths.rttm, rttm_of(doc).encode("utf-8"))
+    crash_point("result_rttm")
     atomic_write(paths.json, dumps(doc))
     remove_quietly(paths.status)
     remove_quietly(paths.error)

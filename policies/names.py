@@ -10,6 +10,7 @@ the JSON document keeps the original name.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 _FORBIDDEN = re.compile(r'[<>:"/\\|?*\x00-\x1f\x7f]')
 _DEVICES = frozenset(
@@ -19,9 +20,19 @@ _DEVICES = frozenset(
 _MAX_BYTES = 220
 
 
+def printable(name: str) -> str:
+    """``name`` as text: bytes that were not UTF-8 (Python's surrogate escapes) are shown as ``\\xe9``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_text(name: str) -> bool:
+    """Whether ``name`` came from valid UTF-8 bytes (otherwise it cannot go into JSON, SQLite or a log as is)."""
+    return printable(name) == name
+
+
 def storable(component: str) -> str:
     """One path component made storable on SMB/NFS/local alike; never empty."""
-    name = _FORBIDDEN.sub("_", component).rstrip(" .")
+    name = _FORBIDDEN.sub("_", printable(component)).rstrip(" .")
     if name.split(".", 1)[0].upper() in _DEVICES:
         name = "_" + name
     encoded = name.encode("utf-8")
@@ -42,3 +53,12 @@ def output_stem(rel_path: str) -> str:
 def numbered(stem: str, n: int) -> str:
     """The n-th alternative for a stem that is taken by another input: ``meeting (2)``."""
     return stem if n <= 1 else f"{stem} ({n})"
+
+
+def within(root: Path, rel_path: str) -> Path:
+    """``root / rel_path``, refusing any relative path that would lead out of ``root`` (``..``, absolute):
+    relative paths come from the watcher, the ledger and other hosts' files, and none may steer a write."""
+    parts = rel_path.split("/")
+    if rel_path.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"refusing a path that is not plainly inside {root}: {rel_path!r}")
+    return root.joinpath(*parts)

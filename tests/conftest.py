@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -84,15 +85,15 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
 class DaemonProcess:
     """``diarist run`` as a real subprocess, with its log captured to a file."""
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None):
-        self.config, self.log = config, log
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
+        self.config, self.log, self.prefix = config, log, prefix
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProcess:
         self._log = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "diarist.daemon.cli", "--config", str(self.config), "run"],
+            [*self.prefix, sys.executable, "-m", "diarist.daemon.cli", "--config", str(self.config), "run"],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -118,8 +119,8 @@ class DaemonProcess:
 def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     made: list[DaemonProcess] = []
 
-    def make(config: Path, env: dict[str, str] | None = None) -> DaemonProcess:
-        d = DaemonProcess(config, tmp_path / f"daemon-{len(made)}.log", env)
+    def make(config: Path, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> DaemonProcess:
+        d = DaemonProcess(config, tmp_path / f"daemon-{len(made)}.log", env, prefix)
         made.append(d)
         return d
 
@@ -128,6 +129,38 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
         if d.proc and d.proc.poll() is None:
             os.killpg(d.proc.pid, signal.SIGKILL)
             d.proc.wait()
+
+
+def daemon_config(
+    tmp_path: Path, daemon: dict[str, object] | None = None, **inbox_extra: object
+) -> tuple[Path, Path, Path, Path]:
+    """A one-inbox ``diarist run`` config under ``tmp_path``: (config, inbox, outbox, ledger). ``daemon``
+    adds keys to ``[daemon]``, keyword arguments to the ``[[inbox]]``."""
+    inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in inbox_extra.items())
+    daemon_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (daemon or {}).items())
+    config = tmp_path / "diarist.toml"
+    config.write_text(
+        f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "test-host"\nrescan_interval = 3\nlog_format = "json"\n'
+        f"{daemon_keys}\n"
+        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 1.5\n{extra}'
+    )
+    inbox.mkdir()
+    return config, inbox, outbox, state / "ledger.db"
+
+
+#: the Hugging Face token every cloud test uses: distinctive, so that test_zz_exposure can look for it in
+#: everything the suite leaves behind
+SUITE_TOKEN = "hf_diaristSuiteSecret7Qx2Lm9Vb4Np"
+
+
+#: run a command as root without the capabilities that let root read and write any file, so that file
+#: permissions apply to it (tests of unreadable inputs and read-only outboxes)
+WITHOUT_DAC = (
+    ("setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search")
+    if os.geteuid() == 0
+    else ()
+)
 
 
 def reference(rttm: Path) -> Any:

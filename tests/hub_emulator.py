@@ -433,6 +433,8 @@ class HubEmulator:
         self._stopping = False
         self._root: str | None = None
         self._counter = 0
+        #: how many times :meth:`outage` took the emulator down
+        self.outages = 0
         for spec in faults or []:
             self.add_fault(spec)
 
@@ -470,6 +472,29 @@ class HubEmulator:
         if self._root:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
+
+    def outage(self, seconds: float) -> None:
+        """The Hub dies and comes back: the listening socket is closed (connections are refused) for
+        ``seconds``, then the emulator listens on the same port again. Jobs keep running and repos and jobs
+        are kept, as on the real Hub after an outage; a job's own requests meanwhile fail like the daemon's."""
+        with self._cond:
+            server = self._server
+            if server is None or self._stopping:
+                return
+            port = server.server_address[1]
+            self.outages += 1
+        server.shutdown()
+        server.server_close()
+        time.sleep(seconds)
+        with self._cond:
+            if self._stopping:
+                return
+            self._server = _Server((self.host, port), _Handler)
+            self._server.emulator = self
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.05,), name="hub-emulator", daemon=True
+            )
+            self._thread.start()
 
     def __enter__(self) -> HubEmulator:
         return self.start()
@@ -531,9 +556,11 @@ class HubEmulator:
         """Register one fault; same format as ``POST /_emulator/faults``.
 
         HTTP fault: ``{"route": "jobs.create", "status": 402, "times": 1, "retry_after": 5, "message": "...",
-        "code": "X-Error-Code value", "reset": false, "delay": 0.0}``. ``route`` is one of :data:`ROUTES` or
-        ``"*"``; at least one of ``status`` / ``reset`` / ``delay`` is required; ``delay`` sleeps before
-        answering (alone it only slows the route down). ``times`` defaults to 1; ``-1`` (or ``null``) means
+        "code": "X-Error-Code value", "reset": false, "delay": 0.0, "down": 0.0, "path": ""}``. ``route`` is
+        one of :data:`ROUTES` or ``"*"``; ``path``, when given, must occur in the request path; at least one
+        of ``status`` / ``reset`` / ``delay`` / ``down`` is required; ``delay`` sleeps before answering (alone
+        it only slows the route down); ``down`` resets the request and takes the whole emulator off the
+        network for that many seconds (:meth:`outage`). ``times`` defaults to 1; ``-1`` (or ``null``) means
         forever.
 
         Job fault (applies to the next ``times`` created jobs, optionally only those whose labels include
@@ -563,11 +590,22 @@ class HubEmulator:
         route = spec.get("route")
         if route != "*" and route not in ROUTES:
             raise ValueError(f"unknown route {route!r}; expected one of {ROUTES} or '*'")
-        unknown = set(spec) - {"route", "status", "times", "retry_after", "message", "code", "reset", "delay"}
+        unknown = set(spec) - {
+            "route",
+            "status",
+            "times",
+            "retry_after",
+            "message",
+            "code",
+            "reset",
+            "delay",
+            "down",
+            "path",
+        }
         if unknown:
             raise ValueError(f"unknown HTTP fault keys: {sorted(unknown)}")
-        if spec.get("status") is None and not spec.get("reset") and not spec.get("delay"):
-            raise ValueError("an HTTP fault needs 'status', 'reset' or 'delay'")
+        if spec.get("status") is None and not any(spec.get(k) for k in ("reset", "delay", "down")):
+            raise ValueError("an HTTP fault needs 'status', 'reset', 'delay' or 'down'")
         with self._cond:
             self._http_faults.append(spec)
         return dict(spec)
@@ -644,7 +682,7 @@ class HubEmulator:
             return
         route, params = classify(method, path)
         with self._cond:
-            fault = self._consume(self._http_faults, lambda f: f["route"] in ("*", route))
+            fault = self._consume(self._http_faults, lambda f: f["route"] in ("*", route) and f.get("path", "") in path)
         record = {"method": method, "path": path, "route": route, "status": 0}
         handler._record = record
         with self._cond:
@@ -653,6 +691,10 @@ class HubEmulator:
         try:
             if fault and fault.get("delay"):
                 time.sleep(float(fault["delay"]))
+            if fault and fault.get("down"):
+                handler.reset_connection()
+                threading.Thread(target=self.outage, args=(float(fault["down"]),), daemon=True).start()
+                return
             if fault and fault.get("reset"):
                 handler.reset_connection()
                 return

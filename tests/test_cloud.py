@@ -26,12 +26,12 @@ from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import copy, cut, wait_until
+from conftest import SUITE_TOKEN, copy, cut, wait_until
 from hub_emulator import HubEmulator
 
 pytestmark = pytest.mark.slow
 
-TOKEN, NS = "hf_test", "alice"
+TOKEN, NS = SUITE_TOKEN, "alice"
 STAGING = f"{NS}/diarist-staging"
 
 
@@ -263,22 +263,63 @@ def test_transient_hub_trouble_is_retried_not_fallen_back(cloud_daemon, emu: Hub
     assert len(emu.jobs) == 1, "the lost start is found by its batch label or started once, never twice"
 
 
+def settled(d: CloudDaemon, emu: HubEmulator) -> None:
+    """Afterwards: no job left running on the Hub, nothing staged left behind, every reservation closed."""
+    wait_until(lambda: no_live_jobs(emu), 60, "no job left running on the Hub")
+    wait_until(lambda: not staged_leftovers(emu), 60, "no staged input or result left on the Hub")
+    wait_until(lambda: not d.ledger.open_jobs(), 60, "every budget reservation settled or released")
+    assert all(j.cost_usd is not None for j in d.ledger.jobs())
+
+
+@pytest.mark.parametrize(
+    ("fault", "when"),
+    [
+        ({"route": "commit"}, "mid-upload: the staging commit is cut off"),
+        ({"route": "jobs.inspect"}, "mid-poll: the job is being watched"),
+        ({"route": "resolve", "path": "/result.json"}, "mid-download: the result is being fetched"),
+    ],
+    ids=["upload", "poll", "download"],
+)
+def test_the_hub_dying_mid_way_loses_nothing(cloud_daemon, emu: HubEmulator, clips, fault: dict, when: str) -> None:
+    """The emulator goes off the network for 3 s at one step (connections refused, as when the Hub dies),
+    then comes back with its state: the file still lands once, through the one job it was given."""
+    emu.add_fault(job="slow", start_delay=5.0)  # the job's own requests wait until the Hub is back
+    emu.add_fault(**fault, down=3.0)
+    d = cloud_daemon()
+    copy(clips[3], d.inbox / "m.wav")
+    doc = d.result("m.wav", timeout=240)
+    assert emu.outages == 1, when
+    assert doc["engine"]["backend"] == "hf-jobs", f"{when}: a short outage is waited out, not fallen back"
+    assert len(emu.jobs) == 1, f"{when}: started once"
+    assert not (d.outbox / "m.error.json").exists()
+    settled(d, emu)
+    [row] = d.ledger.recent()
+    assert row["state"] == "done"
+    assert sum(1 for e in d.ledger.events(row["id"]) if e["state"] == "done") == 1
+
+
 # -- crash and restart --------------------------------------------------------------------------------------
+
+
+def subprocess_config(tmp_path: Path, batch_window: float) -> tuple[Path, Path, Path, Path]:
+    """A ``diarist run`` config routing its one inbox to the cloud: (config, inbox, outbox, state dir)."""
+    inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
+    inbox.mkdir()
+    config = tmp_path / "diarist.toml"
+    config.write_text(
+        f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "crash-host"\nlog_format = "json"\n\n'
+        f"[cloud]\npoll_interval = 0.5\nbatch_window = {batch_window:g}\n\n"
+        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 0.5\n'
+        f'route = "cloud"\n'
+    )
+    return config, inbox, outbox, state
 
 
 def test_daemon_killed_while_the_job_runs_resumes_and_lands_once(
     tmp_path: Path, emu: HubEmulator, daemon_factory, sample: tuple[Path, Path]
 ) -> None:
     emu.add_fault(job="slow", start_delay=0.0, finish_delay=6.0)
-    inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
-    inbox.mkdir()
-    config = tmp_path / "diarist.toml"
-    config.write_text(
-        f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "crash-host"\nlog_format = "json"\n\n'
-        f"[cloud]\npoll_interval = 0.5\nbatch_window = 0\n\n"
-        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 0.5\n'
-        f'route = "cloud"\n'
-    )
+    config, inbox, outbox, state = subprocess_config(tmp_path, batch_window=0)
     env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": emu.url}
     first = daemon_factory(config, env).start()
     copy(sample[0], inbox / "meeting.wav")
@@ -297,6 +338,36 @@ def test_daemon_killed_while_the_job_runs_resumes_and_lands_once(
     assert [r["state"] for r in rows] == ["done"]
     assert sum(1 for e in ledger.events(rows[0]["id"]) if e["state"] == "done") == 1
     assert '"event": "resumed"' in second.text()
+
+
+@pytest.mark.parametrize("point", ["cloud_submit", "cloud_poll:2", "cloud_collect"])
+def test_daemon_killed_at_a_cloud_step_resumes_and_lands_once(
+    tmp_path: Path, emu: HubEmulator, daemon_factory, clips, point: str
+) -> None:
+    """SIGKILL right after the Hub accepted the job, between two polls, and after the first result of a
+    batch was delivered: the restart resumes the same job and every file lands once."""
+    config, inbox, outbox, state = subprocess_config(tmp_path, batch_window=2)
+    env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": emu.url}
+    first = daemon_factory(config, {**env, "DIARIST_CRASH_AT": point}).start()
+    for clip in clips[:2]:
+        copy(clip, inbox / clip.name)
+    assert first.proc.wait(180) == -signal.SIGKILL, first.text()[-2000:]
+
+    second = daemon_factory(config, env).start()
+    for clip in clips[:2]:
+        wait_until((outbox / f"{clip.stem}.json").exists, 240, f"{clip.stem}.json after the restart")
+    assert second.stop() == 0
+    assert len(emu.jobs) == 1, "the restarted daemon resumed the job instead of submitting again"
+    for clip in clips[:2]:
+        doc = validate_result(json.loads((outbox / f"{clip.stem}.json").read_text()))
+        assert doc["engine"]["backend"] == "hf-jobs"
+    ledger = Ledger(state / "ledger.db")
+    rows = ledger.recent()
+    assert sorted(r["state"] for r in rows) == ["done", "done"]
+    for r in rows:
+        assert sum(1 for e in ledger.events(r["id"]) if e["state"] == "done") == 1
+    wait_until(lambda: no_live_jobs(emu) and not staged_leftovers(emu), 30, "the Hub left clean")
+    assert not ledger.open_jobs()
 
 
 @pytest.mark.parametrize(

@@ -18,11 +18,11 @@ from huggingface_hub import HfApi
 
 from diarist.handlers.results import validate_result
 
-from conftest import copy, cut, wait_until
+from conftest import SUITE_TOKEN, copy, cut, wait_until
 
 pytestmark = pytest.mark.slow
 
-TOKEN, NS = "hf_test", "alice"
+TOKEN, NS = SUITE_TOKEN, "alice"
 EMULATOR = Path(__file__).with_name("hub_emulator.py")
 
 

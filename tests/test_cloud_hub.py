@@ -31,9 +31,10 @@ from diarist.handlers.errors import CloudError, CloudTransientError
 from diarist.handlers.results import SourceFacts, build_result, dumps
 from diarist.policies.pricing import FlavorPrice, PriceUnit
 
+from conftest import SUITE_TOKEN
 from hub_emulator import HubEmulator
 
-TOKEN, NS = "hf_test", "alice"
+TOKEN, NS = SUITE_TOKEN, "alice"
 STAGING = f"{NS}/diarist-staging"
 
 

@@ -15,19 +15,7 @@ import pytest
 from diarist.handlers.intake import sha256_of
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import copy, ledger_rows, to_format, wait_until
-
-
-def write_config(tmp_path: Path, **inbox_extra: object) -> tuple[Path, Path, Path, Path]:
-    inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in inbox_extra.items())
-    config = tmp_path / "diarist.toml"
-    config.write_text(
-        f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "test-host"\nrescan_interval = 3\nlog_format = "json"\n\n'
-        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 1.5\n{extra}'
-    )
-    inbox.mkdir()
-    return config, inbox, outbox, state / "ledger.db"
+from conftest import copy, daemon_config, ledger_rows, to_format, wait_until
 
 
 def done_events(db: Path, rel_path: str) -> int:
@@ -79,7 +67,7 @@ def slow_write(src: Path, dst: Path, chunks: int = 8, pause: float = 0.6) -> Non
 class TestDaemonEndToEnd:
     def test_inbox_to_outbox(self, tmp_path, audio_dir, sample, daemon_factory):
         """Many kinds of drops at once: every good file gets RTTM+JSON once, bad ones fail aside, junk is ignored."""
-        config, inbox, outbox, db = write_config(tmp_path)
+        config, inbox, outbox, db = daemon_config(tmp_path)
         daemon = daemon_factory(config).start()
         done = inbox / ".diarist" / "done"
         watch_pairs = [
@@ -144,7 +132,7 @@ class TestDaemonEndToEnd:
 
     def test_restart_mid_file_loses_nothing_and_does_nothing_twice(self, tmp_path, sample, audio_dir, daemon_factory):
         """SIGKILL during inference, then restart: the file is finished once, the queued one too."""
-        config, inbox, outbox, db = write_config(tmp_path)
+        config, inbox, outbox, db = daemon_config(tmp_path)
         daemon = daemon_factory(config).start()
         copy(sample[0], inbox / "first.wav")
         copy(audio_dir / "short.wav", inbox / "second.wav")
@@ -171,7 +159,7 @@ class TestDaemonEndToEnd:
 
     def test_sigterm_exits_cleanly_and_result_survives_restart(self, tmp_path, audio_dir, daemon_factory):
         """SIGTERM exits 0; a restart with on_success = "keep" neither reprocesses nor loses the kept input."""
-        config, inbox, outbox, db = write_config(tmp_path, on_success="keep")
+        config, inbox, outbox, db = daemon_config(tmp_path, on_success="keep")
         daemon = daemon_factory(config).start()
         copy(audio_dir / "short.wav", inbox / "kept.wav")
         wait_until(lambda: (outbox / "kept.json").exists(), 300, "kept.json")

@@ -15,9 +15,10 @@ from structlog.testing import capture_logs
 from diarist.handlers.errors import CloudError, CloudTransientError, DiaristError
 from diarist.handlers.hub_errors import call_hub, describe_hub_error
 
+from conftest import SUITE_TOKEN
 from hub_emulator import HubEmulator
 
-TOKEN = "hf_test"
+TOKEN = SUITE_TOKEN
 NS = "alice"
 ACTION = "start a Hugging Face Job"
 MODEL = "pyannote/speaker-diarization-community-1"

@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from diarist.handlers.intake import (
+    NAME_MAX_BYTES,
     StabilityTracker,
+    beside,
     claim,
     move_aside,
     move_no_clobber,
@@ -360,7 +362,7 @@ class TestMoveNoClobber:
     ) -> None:
         """Where link() is refused (SMB, FAT) the move still never replaces anything."""
 
-        def refuse(*_args: object) -> None:
+        def refuse(*_args: object, **_kwargs: object) -> None:
             raise PermissionError(1, "Operation not permitted")
 
         monkeypatch.setattr(os, "link", refuse)
@@ -372,7 +374,7 @@ class TestMoveNoClobber:
 
     def test_a_vanished_source_leaves_no_placeholder(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         """A failed move does not leave an empty file behind in the target folder."""
-        monkeypatch.setattr(os, "link", lambda *_: (_ for _ in ()).throw(PermissionError(1, "no")))
+        monkeypatch.setattr(os, "link", lambda *_, **__: (_ for _ in ()).throw(PermissionError(1, "no")))
         with pytest.raises(FileNotFoundError):
             move_no_clobber(tmp_path / "gone.wav", tmp_path / "out/a.wav")
         assert list((tmp_path / "out").iterdir()) == []
@@ -401,3 +403,13 @@ class TestSha256:
         path.write_bytes(data)
         assert sha256_of(path, chunk=64) == hashlib.sha256(data).hexdigest()
         assert sha256_of(path) == hashlib.sha256(data).hexdigest()
+
+
+class TestBeside:
+    def test_appends_the_suffix_and_keeps_within_the_name_limit(self, tmp_path: Path) -> None:
+        """``x.wav`` -> ``x.wav.error.json``; a name near the limit is cut (never mid-character) to fit."""
+        assert beside(tmp_path / "x.wav", ".error.json") == tmp_path / "x.wav.error.json"
+        long = tmp_path / ("é" * 125 + ".wav")  # 254 bytes
+        cut = beside(long, ".error.json")
+        assert len(cut.name.encode()) <= NAME_MAX_BYTES and cut.name.endswith("é.error.json")
+        cut.write_text("{}")  # the filesystem takes it

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from diarist.policies.names import numbered, output_stem, storable
+from diarist.policies.names import is_text, numbered, output_stem, printable, storable, within
 
 FORBIDDEN = re.compile(r'[<>:"\\|?*\x00-\x1f/]')
 
@@ -39,6 +42,17 @@ class TestStorable:
         assert storable(s) == s
 
 
+class TestNamesThatAreNotText:
+    def test_undecodable_bytes_are_shown_not_lost(self):
+        """A name from non-UTF-8 bytes (Python keeps them as surrogate escapes) prints as ``\\xe9`` and is
+        made storable; valid names, even with a literal backslash, are text as they are."""
+        name = os.fsdecode(b"caf\xe9.wav")
+        assert not is_text(name) and printable(name) == "caf\\xe9.wav"
+        assert storable(name) == "caf_xe9.wav"
+        for fine in ("café.wav", "a\\xe9.wav", 'we said "hi"\n.wav'):
+            assert is_text(fine) and printable(fine) == fine
+
+
 class TestOutputStem:
     def test_keeps_folders_and_drops_the_extension(self):
         """``a/b/meeting.m4a`` -> ``a/b/meeting``; dotted names keep their inner dots."""
@@ -52,3 +66,21 @@ class TestOutputStem:
     def test_numbered(self):
         """The first alternative is the name itself, then ``name (2)``."""
         assert [numbered("m", n) for n in (1, 2, 3)] == ["m", "m (2)", "m (3)"]
+
+
+class TestWithin:
+    """``..`` escapes: no relative path from the watcher, the ledger or a share may steer a write outside."""
+
+    @pytest.mark.parametrize("rel", ["../x.wav", "a/../../b.wav", "/etc/passwd", "a//b.wav", "./x.wav", ".."])
+    def test_refuses_what_would_leave_the_root(self, rel: str):
+        with pytest.raises(ValueError, match="not plainly inside"):
+            within(Path("/srv/outbox"), rel)
+
+    def test_keeps_plain_paths(self):
+        assert within(Path("/srv/outbox"), "team/2026/call") == Path("/srv/outbox/team/2026/call")
+
+    @pytest.mark.parametrize("rel", ["../../x.wav", "a/../../b.wav", "/abs/x.wav", "../..", ".../x.wav"])
+    def test_output_names_of_hostile_paths_stay_inside(self, rel: str):
+        root = Path("/srv/outbox")
+        target = within(root, output_stem(rel))
+        assert target.resolve().is_relative_to(root)

@@ -24,6 +24,7 @@ from diarist.handlers.results import (
     parse_rttm,
     rttm_uri,
     speaker_totals,
+    sweep_temporaries,
     to_rttm,
     validate_result,
     write_result,
@@ -287,6 +288,20 @@ class TestAtomicWrite:
         monkeypatch.undo()
         assert target.read_bytes() == b"old"
         assert files_in(tmp_path) == ["out.json"]
+
+    def test_a_crash_mid_write_leaves_a_temporary_that_the_next_start_sweeps(self, tmp_path: Path) -> None:
+        """A write killed before its rename leaves a hidden temporary: only old ones are removed (a young one
+        may be another host's write in progress), and nothing else is touched."""
+        atomic_write(tmp_path / "sub/keep.json", b"{}")
+        old = tmp_path / "sub" / ".meeting.json.abc123.diarist-tmp"
+        young = tmp_path / ".meeting.rttm.def456.diarist-tmp"
+        user = tmp_path / ".notes.tmp"
+        for path in (old, young, user):
+            path.write_bytes(b"part")
+        os.utime(old, (1000.0, 1000.0))
+        assert sweep_temporaries(tmp_path, older_than=2000.0) == 1
+        assert not old.exists() and young.exists() and user.exists() and (tmp_path / "sub/keep.json").exists()
+        assert sweep_temporaries(tmp_path / "missing", older_than=2000.0) == 0
 
 
 class TestWriteResult:

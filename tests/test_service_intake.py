@@ -98,8 +98,9 @@ class TestIntake:
         daemon.intake_tick()
         assert states(ledger) == {"quiet.wav": "discovered"}
 
-    def test_ignored_and_symlinked_files_are_never_tracked(self, tmp_path):
-        """Temporary files, non-audio files and symlinks are not recorded at all."""
+    def test_ignored_files_are_never_tracked_and_symlinks_are_refused(self, tmp_path):
+        """Temporary and non-audio files are not recorded at all; a symlink is moved into failed/ as the link
+        it is (its target untouched and unread), with the reason in the outbox."""
         clock = FakeClock()
         daemon, inbox, ledger = make_daemon(tmp_path, clock)
         outside = tmp_path / "outside.wav"
@@ -111,4 +112,7 @@ class TestIntake:
         daemon.intake_tick()
         clock.now += 10
         daemon.intake_tick()
-        assert states(ledger) == {} and (inbox / "link.wav").is_symlink()
+        assert states(ledger) == {"link.wav": "failed"}
+        assert (inbox / ".diarist/failed/link.wav").is_symlink() and outside.read_bytes() == b"secret"
+        assert "symbolic link" in (tmp_path / "out" / "link.error.json").read_text()
+        assert (inbox / "x.wav.part").exists() and (inbox / "notes.txt").exists()

@@ -157,9 +157,11 @@ class TestScan:
         """A symlink to a folder is never entered (it could loop or leave the inbox)."""
         assert not any(rel.startswith("linked/") for rel in scanned(tree))
 
-    def test_yields_only_files(self, tree: Path) -> None:
-        """Only regular files are yielded: not a symlink to a folder."""
-        assert "linked" not in scanned(tree)
+    def test_yields_files_and_links_only(self, tree: Path) -> None:
+        """Regular files, and symlinks as themselves (the daemon refuses them visibly), never folders."""
+        found = scanned(tree)
+        assert "linked" in found and (tree / "linked").is_symlink()
+        assert "sub" not in found and "sub/deeper" not in found
 
     def test_missing_inbox_yields_nothing(self, tmp_path: Path) -> None:
         """A missing inbox folder (an unmounted share) scans as empty instead of raising."""
