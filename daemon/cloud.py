@@ -42,6 +42,8 @@ UNAVAILABLE_RETRY_SECONDS = 600.0
 LOG_TAIL_LINES = 20
 PRICES_KEY = "prices"
 THROUGHPUT_KEY = "throughput"
+#: batches whose staged files could not be deleted yet: {batch id: {"job_id", "staged"}}
+CLEANUP_KEY = "cloud.cleanup_pending"
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,7 @@ class CloudRoute:
             self._recover_submitting()
             self._dispatch()
             self._poll()
+            self._retry_cleanups()
         except TransientError as e:
             log.warning("cloud_retry", error=str(e))
 
@@ -566,13 +569,35 @@ class CloudRoute:
     def _cleanup(self, job: JobRow) -> None:
         if self.settings.keep_staged:
             return
-        staged = json.loads(job.staged or "[]")
+        self._delete_staged(job.batch_id, job.job_id, json.loads(job.staged or "[]"))
+
+    def _delete_staged(self, batch_id: str, job_id: str | None, staged: list[str]) -> bool:
+        """Delete what a finished batch put on the Hub. When the Hub cannot be reached the batch is remembered
+        (``CLEANUP_KEY``) and retried on later ticks: staged recordings must not stay on the Hub."""
         # an input another open batch still needs stays (same content dropped twice, in two batches)
         needed = set()
         for other in self.ledger.open_jobs():
-            if other.batch_id != job.batch_id:
+            if other.batch_id != batch_id:
                 needed.update(json.loads(other.staged or "[]"))
         try:
-            cloud_fetch.cleanup(self.hub(), job.job_id, [p for p in staged if p not in needed])
-        except DiaristError as e:  # leftovers cost storage, not correctness: report and move on
-            log.warning("cleanup_failed", job=job.job_id, error=str(e))
+            cloud_fetch.cleanup(self.hub(), job_id, [p for p in staged if p not in needed])
+        except DiaristError as e:
+            log.warning("cleanup_failed", job=job_id, error=str(e), retry=True)
+            pending = self._pending_cleanups()
+            pending[batch_id] = {"job_id": job_id, "staged": staged}
+            self.ledger.set_value(CLEANUP_KEY, pending)
+            return False
+        return True
+
+    def _pending_cleanups(self) -> dict[str, dict[str, Any]]:
+        stored = self.ledger.get_value(CLEANUP_KEY)
+        return dict(stored[0]) if stored else {}
+
+    def _retry_cleanups(self) -> None:
+        for batch_id, item in self._pending_cleanups().items():
+            if not self._delete_staged(batch_id, item["job_id"], item["staged"]):
+                return  # the Hub is still out of reach: the next tick tries again
+            remaining = self._pending_cleanups()
+            remaining.pop(batch_id, None)
+            self.ledger.set_value(CLEANUP_KEY, remaining)
+            log.info("cleanup_done", job=item["job_id"])

@@ -557,7 +557,8 @@ class HubEmulator:
 
         HTTP fault: ``{"route": "jobs.create", "status": 402, "times": 1, "retry_after": 5, "message": "...",
         "code": "X-Error-Code value", "reset": false, "delay": 0.0, "down": 0.0, "path": ""}``. ``route`` is
-        one of :data:`ROUTES` or ``"*"``; ``path``, when given, must occur in the request path; at least one
+        one of :data:`ROUTES` or ``"*"``; ``path`` and ``body``, when given, must occur in the request path and
+        body (a commit's summary, say); at least one
         of ``status`` / ``reset`` / ``delay`` / ``down`` is required; ``delay`` sleeps before answering (alone
         it only slows the route down); ``down`` resets the request and takes the whole emulator off the
         network for that many seconds (:meth:`outage`). ``times`` defaults to 1; ``-1`` (or ``null``) means
@@ -601,6 +602,7 @@ class HubEmulator:
             "delay",
             "down",
             "path",
+            "body",
         }
         if unknown:
             raise ValueError(f"unknown HTTP fault keys: {sorted(unknown)}")
@@ -620,6 +622,12 @@ class HubEmulator:
         """Active faults (with the remaining ``times``)."""
         with self._cond:
             return [dict(f) for f in self._http_faults + self._job_faults]
+
+    @staticmethod
+    def _matches(fault: dict[str, Any], route: str | None, path: str, body: bytes) -> bool:
+        return (
+            fault["route"] in ("*", route) and fault.get("path", "") in path and fault.get("body", "").encode() in body
+        )
 
     def _consume(self, faults: list[dict[str, Any]], predicate: Callable[[dict], bool]) -> dict | None:
         for fault in faults:
@@ -682,7 +690,7 @@ class HubEmulator:
             return
         route, params = classify(method, path)
         with self._cond:
-            fault = self._consume(self._http_faults, lambda f: f["route"] in ("*", route) and f.get("path", "") in path)
+            fault = self._consume(self._http_faults, lambda f: self._matches(f, route, path, body))
         record = {"method": method, "path": path, "route": route, "status": 0}
         handler._record = record
         with self._cond:

@@ -277,8 +277,9 @@ def settled(d: CloudDaemon, emu: HubEmulator) -> None:
         ({"route": "commit"}, "mid-upload: the staging commit is cut off"),
         ({"route": "jobs.inspect"}, "mid-poll: the job is being watched"),
         ({"route": "resolve", "path": "/result.json"}, "mid-download: the result is being fetched"),
+        ({"route": "commit", "body": "clean up after"}, "mid-clean-up: the staged files are being deleted"),
     ],
-    ids=["upload", "poll", "download"],
+    ids=["upload", "poll", "download", "cleanup"],
 )
 def test_the_hub_dying_mid_way_loses_nothing(cloud_daemon, emu: HubEmulator, clips, fault: dict, when: str) -> None:
     """The emulator goes off the network for 3 s at one step (connections refused, as when the Hub dies),
