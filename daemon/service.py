@@ -79,6 +79,21 @@ def _read_sidecar(path: Path) -> tuple[Path | None, FileRequest | None, Permanen
     return None, None, None
 
 
+def symlink_refused() -> PermanentFileError:
+    return PermanentFileError(
+        "it is a symbolic link, and diarist does not follow links (one could point at any file on this machine)",
+        hint="copy the recording itself into the inbox",
+    )
+
+
+def name_refused(name: str) -> PermanentFileError:
+    return PermanentFileError(
+        f"its name is not valid UTF-8 ({printable(name)}), so it cannot be written into results, logs or the "
+        "ledger as it is",
+        hint="rename it using plain letters (on a share, check the client's character set) and drop it again",
+    )
+
+
 def unreadable(e: OSError) -> PermanentFileError:
     return PermanentFileError(
         f"diarist is not allowed to read it ({e.strerror})",
@@ -144,7 +159,6 @@ class Daemon:
         self._tracker = intake.StabilityTracker(clock=clock)
         self._file_ids: dict[Path, int] = {}
         self._retry_at: dict[int, float] = {}
-        self._retry_delay = settings.daemon.retry_interval
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -371,12 +385,12 @@ class Daemon:
                 self._tracker.observe(path)
                 continue
             if path.is_symlink():
-                self._refuse(inbox, path, rel, "symlink")
+                self._refuse(inbox, path, rel, symlink_refused())
                 continue
             if not path.is_file():
                 continue
             if not is_text(rel):
-                self._refuse(inbox, path, rel, "name")
+                self._refuse(inbox, path, rel, name_refused(path.name))
                 continue
             if inbox.on_success is OnSuccess.KEEP and self.ledger.is_kept(str(inbox.path), rel, signature(path)):
                 continue
@@ -385,21 +399,9 @@ class Daemon:
                 log.info("discovered", file=rel, inbox=str(inbox.path))
             self._tracker.observe(path)
 
-    def _refuse(self, inbox: InboxSettings, path: Path, rel: str, why: str) -> None:
+    def _refuse(self, inbox: InboxSettings, path: Path, rel: str, error: PermanentFileError) -> None:
         """Turn away what diarist will not take; it is claimed like any file (one host acts), then moved
         into failed/ untouched with the reason beside it and in the outbox."""
-        if why == "symlink":
-            error = PermanentFileError(
-                "it is a symbolic link, and diarist does not follow links (one could point at any file on this "
-                "machine)",
-                hint="copy the recording itself into the inbox",
-            )
-        else:
-            error = PermanentFileError(
-                f"its name is not valid UTF-8 ({printable(path.name)}), so it cannot be written into results, "
-                "logs or the ledger as it is",
-                hint="rename it using plain letters (on a share, check the client's character set) and drop it again",
-            )
         target = intake.unique_path(intake.processing_dir(inbox.path, self._host) / rel)
         if not intake.claim(path, target):
             return
@@ -436,14 +438,13 @@ class Daemon:
         crash_point("claimed")
         if sidecar is not None:
             intake.claim(sidecar, companion(target))
+        stem = reserve_stem(inbox.outbox, rel)
         try:
             sha = self._hash(target)
         except PermissionError as e:
-            stem = reserve_stem(inbox.outbox, rel)
             self.ledger.transition(file_id, State.CLAIMED, size=target.stat().st_size, out_name=stem)
             self.out.fail(self.ledger.get(file_id), inbox, target, unreadable(e), log.bind(file=rel))
             return
-        stem = reserve_stem(inbox.outbox, rel)
         self.ledger.transition(file_id, State.CLAIMED, sha256=sha, size=target.stat().st_size, out_name=stem)
         log.info("claimed", file=rel, sha=sha[:12], sidecar=sidecar.name if sidecar else None, outputs=stem)
         if problem is not None:
@@ -513,7 +514,7 @@ class Daemon:
                 self.process(row)
             except Exception:
                 log.exception("worker_error", file=row.rel_path)
-                self._retry_at[row.id] = self._clock() + self._retry_delay
+                self._retry_later(row)
 
     def _next_row(self) -> FileRow | None:
         now = self._clock()
@@ -528,7 +529,7 @@ class Daemon:
         bound = log.bind(file=row.rel_path, sha=(row.sha256 or "")[:12], route="local")
         if inbox is None:
             bound.warning("inbox_not_configured", inbox=row.inbox)
-            self._retry_at[row.id] = self._clock() + self._retry_delay
+            self._retry_later(row)
             return
         claimed = Path(row.claim_path or "")
         if not claimed.is_file():
@@ -564,9 +565,12 @@ class Daemon:
             )
 
     def _wait(self, row: FileRow, inbox: InboxSettings, e: TransientError, bound: Any) -> None:
-        bound.warning("transient_error", error=str(e), retry_in=self._retry_delay)
+        bound.warning("transient_error", error=str(e), retry_in=self.settings.daemon.retry_interval)
         self.out.status(inbox, row, "waiting", progress=None, step=None, note=str(e))
-        self._retry_at[row.id] = self._clock() + self._retry_delay
+        self._retry_later(row)
+
+    def _retry_later(self, row: FileRow) -> None:
+        self._retry_at[row.id] = self._clock() + self.settings.daemon.retry_interval
 
     def _result_for(self, row: FileRow, inbox: InboxSettings, claimed: Path, bound: Any) -> dict[str, Any]:
         assert row.sha256

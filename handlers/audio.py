@@ -184,7 +184,7 @@ def noise_instead_of_audio(samples: np.ndarray) -> bool:
     frames = probe[: probe.size // _NOISE_FRAME * _NOISE_FRAME].reshape(-1, _NOISE_FRAME)
     if not len(frames):
         return False
-    x = frames.astype(np.float32) / PCM_FULL_SCALE
+    x = to_float(frames)
     rms_db = 10 * np.log10(float(np.mean(x**2)) + 1e-12)
     if rms_db < -15:
         return False

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -80,6 +81,50 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(interval)
+
+
+class Poller:
+    """Calls ``poll()`` every ``interval`` seconds on a background thread, for as long as the ``with`` lasts:
+    watches an effect of another process (files appearing, memory) while the test drives it."""
+
+    interval = 0.1
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def poll(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.poll()
+
+    def __enter__(self):  # noqa: ANN204 - the subclass
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a ``diarist run`` log (``log_format = "json"``)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def done_counts(db: Path) -> dict[str, int]:
+    """How many times each input (by relative path) reached ``done`` in a ledger's event history."""
+    conn = sqlite3.connect(db)
+    try:
+        rows = conn.execute(
+            "select f.rel_path, count(*) from events e join files f on f.id = e.file_id "
+            "where e.state = 'done' group by f.rel_path"
+        ).fetchall()
+    finally:
+        conn.close()
+    return dict(rows)
 
 
 class DaemonProcess:

@@ -20,7 +20,6 @@ import os
 import random
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 
 from audiogen import slices  # noqa: E402
+from conftest import done_counts  # noqa: E402
 
 POINTS = ("claimed", "inference", "result_stored", "result_rttm", "result_written", "archived")
 
@@ -60,14 +60,7 @@ class Run:
 
 
 def counts(inbox: Path, outbox: Path, db: Path, dropped: dict[str, bytes]) -> dict[str, int]:
-    conn = sqlite3.connect(db)
-    try:
-        done_twice = conn.execute(
-            "select count(*) from (select f.rel_path from events e join files f on f.id = e.file_id "
-            "where e.state = 'done' group by f.id having count(*) > 1)"
-        ).fetchone()[0]
-    finally:
-        conn.close()
+    done_twice = sum(1 for n in done_counts(db).values() if n > 1)
     results = [p for p in outbox.glob("*.json") if not p.name.endswith((".status.json", ".error.json"))]
     per_input: dict[str, int] = {}
     for p in results:

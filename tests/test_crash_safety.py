@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 from diarist.handlers.results import parse_rttm, validate_result
 
 from audiogen import slices
-from conftest import copy, daemon_config, ledger_rows, wait_until
+from conftest import Poller, copy, daemon_config, done_counts, ledger_rows, wait_until
 
 FILES = 50
 # (crash point, pass) for the planned kills; random kills go between them
@@ -39,55 +38,35 @@ PLANNED = [
 ]
 
 
-class OutboxReader:
+class OutboxReader(Poller):
     """Reads every visible result file as soon as it exists and records any that is not whole."""
 
+    interval = 0.01
+
     def __init__(self, outbox: Path):
+        super().__init__()
         self.outbox, self.torn, self.read = outbox, [], 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            for path in list(self.outbox.rglob("*")) if self.outbox.exists() else []:
-                if path.name.startswith(".") or not path.is_file():
-                    continue
-                try:
-                    text = path.read_text()
-                except FileNotFoundError:  # replaced or removed between listing and reading: fine
-                    continue
-                try:
-                    if path.name.endswith(".rttm"):
-                        parse_rttm(text)
-                        if text and not text.endswith("\n"):
-                            raise ValueError("no final newline")
-                    else:
-                        doc = json.loads(text)
-                        if path.suffixes == [".json"]:
-                            validate_result(doc)
-                    self.read += 1
-                except Exception as e:  # noqa: BLE001 - any parse failure is a torn file
-                    self.torn.append(f"{path.name}: {e}")
-
-    def __enter__(self) -> OutboxReader:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-def done_events(db: Path) -> dict[str, int]:
-    conn = sqlite3.connect(db)
-    try:
-        rows = conn.execute(
-            "select f.rel_path, count(*) from events e join files f on f.id = e.file_id "
-            "where e.state = 'done' group by f.rel_path"
-        ).fetchall()
-    finally:
-        conn.close()
-    return dict(rows)
+    def poll(self) -> None:
+        for path in list(self.outbox.rglob("*")) if self.outbox.exists() else []:
+            if path.name.startswith(".") or not path.is_file():
+                continue
+            try:
+                text = path.read_text()
+            except FileNotFoundError:  # replaced or removed between listing and reading: fine
+                continue
+            try:
+                if path.name.endswith(".rttm"):
+                    parse_rttm(text)
+                    if text and not text.endswith("\n"):
+                        raise ValueError("no final newline")
+                else:
+                    doc = json.loads(text)
+                    if path.suffixes == [".json"]:
+                        validate_result(doc)
+                self.read += 1
+            except Exception as e:  # noqa: BLE001 - any parse failure is a torn file
+                self.torn.append(f"{path.name}: {e}")
 
 
 @pytest.mark.slow
@@ -155,7 +134,7 @@ def test_fifty_files_survive_repeated_sigkills(tmp_path, sample, daemon_factory)
     rows = ledger_rows(db)
     assert sorted(r["rel_path"] for r in rows if r["state"] == "done") == sorted(c.name for c in clips)
     assert all(r["state"] == "done" for r in rows), [r for r in rows if r["state"] != "done"]
-    assert all(count == 1 for count in done_events(db).values()), done_events(db)
+    assert all(count == 1 for count in done_counts(db).values()), done_counts(db)
     cut_short = sum(1 for p in PLANNED if p.startswith("inference"))
     assert sum(r["inference_runs"] for r in rows) <= FILES + cut_short + kills["random"]
     text = "\n".join(logs)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -15,41 +14,22 @@ import pytest
 from diarist.handlers.intake import sha256_of
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import copy, daemon_config, ledger_rows, to_format, wait_until
+from conftest import Poller, copy, daemon_config, done_counts, ledger_rows, log_events, to_format, wait_until
 
 
-def done_events(db: Path, rel_path: str) -> int:
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(
-            "select count(*) from events e join files f on f.id = e.file_id where f.rel_path = ? and e.state = 'done'",
-            [rel_path],
-        ).fetchone()[0]
-    finally:
-        conn.close()
-
-
-class ArchiveOrderWatch:
+class ArchiveOrderWatch(Poller):
     """Watches, from another thread, that no archived input ever exists without its result beside it."""
 
+    interval = 0.02
+
     def __init__(self, pairs: list[tuple[Path, Path]]):
+        super().__init__()
         self.pairs, self.violations = pairs, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.02):
-            for archived, result in self.pairs:
-                if archived.exists() and not result.exists():
-                    self.violations.append(str(archived))
-
-    def __enter__(self) -> ArchiveOrderWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        for archived, result in self.pairs:
+            if archived.exists() and not result.exists():
+                self.violations.append(str(archived))
 
 
 def slow_write(src: Path, dst: Path, chunks: int = 8, pause: float = 0.6) -> None:
@@ -126,7 +106,7 @@ class TestDaemonEndToEnd:
         for r in rows:
             assert r["inference_runs"] <= 1, r
         assert daemon.stop() == 0
-        events = [json.loads(line) for line in daemon.text().splitlines() if line.startswith("{")]
+        events = log_events(daemon.text())
         assert any(e["event"] == "done" and e.get("file") == "conv3.wav" for e in events)
         assert "hf_" not in daemon.text()
 
@@ -152,7 +132,7 @@ class TestDaemonEndToEnd:
         for name in ("first", "second"):
             wait_until(lambda n=name: (outbox / f"{n}.json").exists(), 300, f"{name}.json after restart")
         assert restarted.stop() == 0
-        assert done_events(db, "first.wav") == 1 and done_events(db, "second.wav") == 1
+        assert done_counts(db) == {"first.wav": 1, "second.wav": 1}
         assert sorted(r["rel_path"] for r in ledger_rows(db)) == ["first.wav", "second.wav"]
         assert (inbox / ".diarist/done/first.wav").exists() and not any((inbox / ".diarist/processing").rglob("*.wav"))
         assert len(json.loads((outbox / "first.json").read_text())["speakers"]) == 2

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
 
@@ -25,19 +24,20 @@ import pytest
 from diarist.handlers.results import validate_result
 
 from audiogen import slices
-from conftest import ledger_rows, wait_until
+from conftest import Poller, ledger_rows, wait_until
 
 FILES, INBOXES, SECONDS = 1000, 5, 1.0
 DISTINCT = FILES // INBOXES
 
 
-class RssSampler:
+class RssSampler(Poller):
     """Samples a process's resident size every 0.25 s, with how many results existed at that moment."""
 
+    interval = 0.25
+
     def __init__(self, pid: int, count):
+        super().__init__()
         self.pid, self.count, self.samples = pid, count, []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _rss_mb(self) -> float | None:
         try:
@@ -47,19 +47,10 @@ class RssSampler:
         kb = next(int(line.split()[1]) for line in text.splitlines() if line.startswith("VmRSS:"))
         return kb / 1024
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.25):
-            rss = self._rss_mb()
-            if rss is not None:
-                self.samples.append((self.count(), rss))
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+    def poll(self) -> None:
+        rss = self._rss_mb()
+        if rss is not None:
+            self.samples.append((self.count(), rss))
 
     def at(self, done: int) -> float:
         """The resident size when ``done`` results existed (the first sample at or past it)."""

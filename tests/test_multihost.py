@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from audiogen import slices
-from conftest import ledger_rows, wait_until
+from conftest import ledger_rows, log_events, wait_until
 
 LEASE = 3.0
 
@@ -42,7 +42,7 @@ def done_rows(ledger: Path) -> list[dict]:
 
 
 def events(text: str, name: str) -> list[dict]:
-    return [e for line in text.splitlines() if line.startswith("{") and (e := json.loads(line))["event"] == name]
+    return [e for e in log_events(text) if e["event"] == name]
 
 
 def results(outbox: Path) -> dict[str, dict]:

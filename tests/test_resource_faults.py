@@ -18,17 +18,13 @@ import pytest
 
 from diarist.handlers.results import TEMPORARY_SUFFIX, validate_result
 
-from conftest import WITHOUT_DAC, copy, cut, daemon_config, ledger_rows, wait_until
+from conftest import WITHOUT_DAC, copy, cut, daemon_config, ledger_rows, log_events, wait_until
 
 RETRY = 2  # [daemon] retry_interval for these tests: recovery within seconds of the fault clearing
 
 
-def events(text: str) -> list[dict]:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-
-
 def warned(daemon, words: str) -> bool:
-    return any(e.get("event") == "transient_error" and words in e.get("error", "") for e in events(daemon.text()))
+    return any(e.get("event") == "transient_error" and words in e.get("error", "") for e in log_events(daemon.text()))
 
 
 def assert_finished_once(inbox: Path, outbox: Path, db: Path, name: str, attempts: int = 1) -> None:
@@ -64,7 +60,7 @@ def test_outbox_not_writable_waits_then_finishes(tmp_path, speech, daemon_factor
     try:
         copy(speech, inbox / "meeting.wav")
         wait_until(lambda: warned(d, "could not write its output"), 120, "a transient error about the outbox")
-        [e] = [e for e in events(d.text()) if e.get("event") == "transient_error"][:1]
+        [e] = [e for e in log_events(d.text()) if e.get("event") == "transient_error"][:1]
         assert "Permission denied" in e["error"] and "writable" in e["error"] and str(outbox) in e["error"], e
         # nothing is lost meanwhile: the input waits in processing/, its finished result is kept in the ledger
         assert claimed_copy(inbox, "meeting.wav").read_bytes() == speech.read_bytes()
@@ -76,7 +72,7 @@ def test_outbox_not_writable_waits_then_finishes(tmp_path, speech, daemon_factor
     wait_until(lambda: (outbox / "meeting.json").exists(), 60, "meeting.json once the outbox is writable")
     assert d.stop() == 0
     assert_finished_once(inbox, outbox, db, "meeting.wav")
-    assert any(e.get("event") == "result_recovered" for e in events(d.text())), "the stored result was reused"
+    assert any(e.get("event") == "result_recovered" for e in log_events(d.text())), "the stored result was reused"
 
 
 def _mount_tmpfs(where: Path, size: str) -> bool:
@@ -142,7 +138,7 @@ def test_ledger_locked_by_another_process(tmp_path, speech, daemon_factory):
         assert holder.stdout.readline().strip() == "locked"
         copy(speech, inbox / "locked.wav")
         wait_until(lambda: "is locked" in d.text(), 90, "the daemon saying the ledger is locked")
-        locked = [e for e in events(d.text()) if "is locked" in e.get("error", "")]
+        locked = [e for e in log_events(d.text()) if "is locked" in e.get("error", "")]
         assert str(db) in locked[0]["error"] and "another process holds it" in locked[0]["error"], locked[0]
         assert (inbox / "locked.wav").exists() or claimed_copy(inbox, "locked.wav").exists()
     finally:
@@ -150,7 +146,7 @@ def test_ledger_locked_by_another_process(tmp_path, speech, daemon_factory):
     wait_until(lambda: (outbox / "locked.json").exists(), 120, "locked.json after the lock is released")
     assert d.stop() == 0
     assert_finished_once(inbox, outbox, db, "locked.wav")
-    assert not [e for e in events(d.text()) if e.get("level") == "error"], "no crash, only warnings"
+    assert not [e for e in log_events(d.text()) if e.get("level") == "error"], "no crash, only warnings"
 
 
 @pytest.mark.slow
@@ -163,7 +159,7 @@ def test_ffmpeg_missing_then_installed(tmp_path, speech, daemon_factory):
     d = daemon_factory(config, env={"PATH": str(tools)}).start()
     copy(speech, inbox / "interview.wav")
     wait_until(lambda: warned(d, "is not installed"), 120, "a transient error naming FFmpeg")
-    [e] = [e for e in events(d.text()) if e.get("event") == "transient_error"][:1]
+    [e] = [e for e in log_events(d.text()) if e.get("event") == "transient_error"][:1]
     assert "apt-get install ffmpeg" in e["error"], e
     status = json.loads((outbox / "interview.status.json").read_text())
     assert status["state"] == "waiting" and "not installed" in status["note"], status
