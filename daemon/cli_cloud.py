@@ -169,14 +169,24 @@ def cmd_logs(settings: cfg.Settings, args: argparse.Namespace) -> int:
 def cmd_cancel(settings: cfg.Settings, args: argparse.Namespace) -> int:
     job_id, job = _resolve_job(settings, args.job)
     hub = _hub(settings)
-    hub.cancel(job_id)
+    ledger = None
+    if job is not None:
+        from diarist.daemon.ledger import Ledger
+
+        # Recorded before the Hub is asked: a running daemon may poll the job the moment it is canceled, and
+        # must then already know that the user did it (its files' reason says so, not just "canceled")
+        ledger = Ledger(settings.daemon.ledger)
+        ledger.update_job(job.batch_id, cancel_requested="canceled by the user (diarist cancel)")
+    try:
+        hub.cancel(job_id)
+    except BaseException:
+        if ledger is not None and job is not None:  # not canceled after all: take the request back
+            ledger.update_job(job.batch_id, cancel_requested=job.cancel_requested)
+        raise
     print(f"canceled {job_id} on the Hub")
     if job is None:
         print("the ledger does not know this job (an orphan?): no file to mark")
         return EXIT_OK
-    from diarist.daemon.ledger import Ledger
-
-    Ledger(settings.daemon.ledger).update_job(job.batch_id, cancel_requested="canceled by the user (diarist cancel)")
     then = "processed locally" if settings.cloud.fallback else "failed with an .error.json"
     print(f"its file(s) will be {then} at the daemon's next poll")
     return EXIT_OK

@@ -17,11 +17,18 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import settings as hypothesis_settings
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))
 
 import audiogen  # noqa: E402
+
+# Property tests here write and fsync real SQLite files: on a loaded machine one example can take longer than
+# Hypothesis's 200 ms default deadline without anything being wrong, so time is not part of their verdict.
+# Loaded here, before the test modules are imported, so that their own ``@settings(...)`` inherit it.
+hypothesis_settings.register_profile("diarist", deadline=None)
+hypothesis_settings.load_profile("diarist")
 
 
 @pytest.fixture(autouse=True)
@@ -84,8 +91,9 @@ def wait_until(predicate: Callable[[], object], timeout: float, what: str, inter
 
 
 class Poller:
-    """Calls ``poll()`` every ``interval`` seconds on a background thread, for as long as the ``with`` lasts:
-    watches an effect of another process (files appearing, memory) while the test drives it."""
+    """Calls ``poll()`` every ``interval`` seconds on a background thread, for as long as the ``with`` lasts,
+    and once more as it ends: watches an effect of another process (files appearing, memory) while the test
+    drives it."""
 
     interval = 0.1
 
@@ -104,14 +112,58 @@ class Poller:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         self._stop.set()
         self._thread.join()
+        # A last sample taken now, after what the ``with`` waited for: without it the newest sample may predate
+        # that moment by up to one interval, and a test reading "the sample at the end" finds none.
+        try:
+            self.poll()
+        except Exception as e:
+            if exc is None:
+                raise
+            # the body's own failure is the one to report; this one only rides along with it
+            exc.add_note(f"and the final {type(self).__name__}.poll() raised {e!r}")
 
 
 def log_events(text: str) -> list[dict[str, Any]]:
-    """The JSON log lines of a ``diarist run`` log (``log_format = "json"``)."""
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    """The JSON log lines of a ``diarist run`` log (``log_format = "json"``). The log may still be written
+    to: a last line without its newline is taken only if it is already a whole JSON document (a line being
+    written is not an event yet; it is read whole by the next call)."""
+    lines = text.split("\n")
+    last = lines.pop()  # "" when the text ends with a newline
+    events = [json.loads(line) for line in lines if line.startswith("{")]
+    if last.startswith("{"):
+        try:
+            events.append(json.loads(last))
+        except json.JSONDecodeError:
+            pass
+    return events
+
+
+def finished(daemon: DaemonProcess, name: str, *, timeout: float, event: str = "done") -> dict[str, Any]:
+    """Wait until a ``diarist run`` subprocess logs ``event`` (``done``, ``failed``, ``refused``) for the
+    input ``name`` (its path relative to the inbox) and return that event. The log line is the last step of
+    a file's end: outputs written, status document removed, the input archived (or put back for
+    ``on_success = "keep"``), the ledger updated; a result JSON appearing is only the first of them."""
+
+    def logged() -> dict[str, Any] | None:
+        return next((e for e in log_events(daemon.text()) if e.get("event") == event and e.get("file") == name), None)
+
+    return wait_until(logged, timeout, f"the {event!r} event for {name}")  # type: ignore[return-value]
+
+
+def ledger_state(db: Path, name: str, *, timeout: float, state: str = "done") -> dict[str, Any]:
+    """Wait until the ledger row of the input ``name`` (relative to its inbox) is in ``state``, and return
+    it: the equivalent of :func:`finished` for a daemon run in-process (no log to read). ``done`` and
+    ``failed`` are recorded after the outputs are written and the input is moved on."""
+
+    def row() -> dict[str, Any] | None:
+        if not db.exists():  # sqlite3.connect would create an empty file in the daemon's place
+            return None
+        return next((r for r in ledger_rows(db) if r["rel_path"] == name and r["state"] == state), None)
+
+    return wait_until(row, timeout, f"{name} {state} in the ledger")  # type: ignore[return-value]
 
 
 def done_counts(db: Path) -> dict[str, int]:

@@ -26,7 +26,7 @@ from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import SUITE_TOKEN, copy, cut, wait_until
+from conftest import SUITE_TOKEN, copy, cut, ledger_state, wait_until
 from hub_emulator import HubEmulator
 
 pytestmark = pytest.mark.slow
@@ -93,6 +93,10 @@ class CloudDaemon:
         wait_until(path.exists, timeout, f"{path.name} in the outbox")
         return validate_result(json.loads(path.read_text()))
 
+    def finished(self, name: str, timeout: float = 60) -> None:
+        """Wait for ``name``'s end: its ledger row done, which comes after the input was archived."""
+        ledger_state(self.ledger_path, name, timeout=timeout)
+
     def error(self, name: str, timeout: float = 180) -> dict[str, Any]:
         path = self.outbox / (Path(name).stem + ".error.json")
         wait_until(path.exists, timeout, f"{path.name} in the outbox")
@@ -133,10 +137,14 @@ def staged_leftovers(emu: HubEmulator) -> list[str]:
 
 
 def test_batch_of_five_runs_as_one_job_with_five_results(cloud_daemon, emu: HubEmulator, clips: list[Path]) -> None:
-    d = cloud_daemon(batch_window=3.0)
+    # the batch leaves when it is full, never on its window: the five files arriving over more than a window
+    # (a slow copy, a busy machine) still make one job
+    d = cloud_daemon(batch_max_files=len(clips), batch_window=600)
     for clip in clips:
         copy(clip, d.inbox / clip.name)
     docs = [d.result(c.name, timeout=300) for c in clips]
+    for clip in clips:
+        d.finished(clip.name)  # archived after its result is written
 
     assert len(emu.jobs) == 1, f"expected one batched job, got {len(emu.jobs)}"
     job = next(iter(emu.jobs.values()))
@@ -302,14 +310,14 @@ def test_the_hub_dying_mid_way_loses_nothing(cloud_daemon, emu: HubEmulator, cli
 # -- crash and restart --------------------------------------------------------------------------------------
 
 
-def subprocess_config(tmp_path: Path, batch_window: float) -> tuple[Path, Path, Path, Path]:
+def subprocess_config(tmp_path: Path, batch_window: float, batch_max_files: int = 8) -> tuple[Path, Path, Path, Path]:
     """A ``diarist run`` config routing its one inbox to the cloud: (config, inbox, outbox, state dir)."""
     inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
     inbox.mkdir()
     config = tmp_path / "diarist.toml"
     config.write_text(
         f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "crash-host"\nlog_format = "json"\n\n'
-        f"[cloud]\npoll_interval = 0.5\nbatch_window = {batch_window:g}\n\n"
+        f"[cloud]\npoll_interval = 0.5\nbatch_window = {batch_window:g}\nbatch_max_files = {batch_max_files}\n\n"
         f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 0.5\n'
         f'route = "cloud"\n'
     )
@@ -347,7 +355,8 @@ def test_daemon_killed_at_a_cloud_step_resumes_and_lands_once(
 ) -> None:
     """SIGKILL right after the Hub accepted the job, between two polls, and after the first result of a
     batch was delivered: the restart resumes the same job and every file lands once."""
-    config, inbox, outbox, state = subprocess_config(tmp_path, batch_window=2)
+    # one job for both files, deterministically: it leaves once both are queued (full), never on its window
+    config, inbox, outbox, state = subprocess_config(tmp_path, batch_window=600, batch_max_files=2)
     env = {"HF_TOKEN": TOKEN, "HF_ENDPOINT": emu.url}
     first = daemon_factory(config, {**env, "DIARIST_CRASH_AT": point}).start()
     for clip in clips[:2]:
@@ -404,6 +413,18 @@ BUDGET = {
 }
 
 
+def status_documents(outbox: Path) -> list[dict[str, Any]]:
+    """The status documents in ``outbox`` now. One may be removed between the listing and its reading (its
+    file's job settled): it is no longer there, so it is not counted."""
+    docs = []
+    for path in outbox.glob("*.status.json"):
+        try:
+            docs.append(json.loads(path.read_text()))
+        except FileNotFoundError:
+            continue
+    return docs
+
+
 class CommitMonitor:
     """Samples the day's committed spending (settled + reserved) from its own ledger connection."""
 
@@ -444,7 +465,7 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
 
     def settled_and_waiting() -> bool:
         jobs = d.ledger.jobs()
-        deferred = [p for p in d.outbox.glob("*.status.json") if json.loads(p.read_text())["state"] == "deferred"]
+        deferred = [doc for doc in status_documents(d.outbox) if doc["state"] == "deferred"]
         return bool(jobs) and not d.ledger.open_jobs() and len(deferred) == 19
 
     wait_until(settled_and_waiting, 400, "one job settled and nineteen files deferred")

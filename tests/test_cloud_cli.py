@@ -18,7 +18,7 @@ from huggingface_hub import HfApi
 
 from diarist.handlers.results import validate_result
 
-from conftest import SUITE_TOKEN, copy, cut, wait_until
+from conftest import SUITE_TOKEN, copy, cut, finished, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -161,7 +161,8 @@ def test_standalone_emulator_run_jobs_logs_follow_cancel(
     submitted = diarist(config, env, "submit", "--local", str(clips[2]))
     assert submitted.returncode == 0, submitted.stderr
     assert "cli-host" in submitted.stdout
-    wait_until((outbox / "talk2.json").exists, 120, "talk2.json")
+    # the sidecar moves with its file after the result is written: wait for the file's end, not its JSON
+    finished(daemon, "talk2.wav", timeout=120)
     doc = validate_result(json.loads((outbox / "talk2.json").read_text()))
     assert doc["engine"]["backend"] == "pyannote-local"
     assert "sidecar asks for local" in doc["route"]["reason"]

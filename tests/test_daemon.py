@@ -14,7 +14,17 @@ import pytest
 from diarist.handlers.intake import sha256_of
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import Poller, copy, daemon_config, done_counts, ledger_rows, log_events, to_format, wait_until
+from conftest import (
+    Poller,
+    copy,
+    daemon_config,
+    done_counts,
+    finished,
+    ledger_rows,
+    log_events,
+    to_format,
+    wait_until,
+)
 
 
 class ArchiveOrderWatch(Poller):
@@ -64,12 +74,16 @@ class TestDaemonEndToEnd:
             writer = threading.Thread(target=slow_write, args=(audio_dir / "conv2b.wav", inbox / "slow.wav"))
             writer.start()
             writer.join()
-            wait_until(lambda: (outbox / "broken.error.json").exists(), 120, "broken.error.json")
+            # broken.wav is found unreadable by the one worker, in queue order: after the inference of conv3 and
+            # call.mp3, which can take minutes on a small busy machine. So its wait has the budget of a queue,
+            # like the waits for the results below, not that of one file.
+            finished(daemon, "broken.wav", event="failed", timeout=400)
             # the daemon keeps serving after a failure, and reuses results for identical content
             copy(audio_dir / "short.wav", inbox / "after.wav")
             copy(audio_dir / "conv2b.wav", inbox / "again" / "same-content.wav")
-            for name in ("conv3", "team/2026/call", "slow", "after", "again/same-content"):
-                wait_until(lambda n=name: (outbox / f"{n}.json").exists(), 400, f"{name}.json")
+            # each file's end (result written, status removed, input archived, ledger done), not its JSON
+            for name in ("conv3.wav", "team/2026/call.mp3", "slow.wav", "after.wav", "again/same-content.wav"):
+                finished(daemon, name, timeout=400)
         assert order.violations == [], "an input was archived before its result was written"
 
         # results: strict RTTM + valid JSON, sub-folders mirrored, status sidecars gone
@@ -142,7 +156,7 @@ class TestDaemonEndToEnd:
         config, inbox, outbox, db = daemon_config(tmp_path, on_success="keep")
         daemon = daemon_factory(config).start()
         copy(audio_dir / "short.wav", inbox / "kept.wav")
-        wait_until(lambda: (outbox / "kept.json").exists(), 300, "kept.json")
+        finished(daemon, "kept.wav", timeout=300)  # put back after its result is written: wait for its end
         assert (inbox / "kept.wav").exists()
         assert daemon.stop() == 0
         first = (outbox / "kept.json").stat().st_mtime_ns

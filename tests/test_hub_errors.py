@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import socket
 import time
+from collections.abc import Iterator
 
 import httpx2
 import pytest
@@ -50,10 +51,13 @@ def create_requests(emu: HubEmulator) -> list[dict]:
     return [r for r in emu.requests if r["route"] == "jobs.create"]
 
 
-def closed_port() -> int:
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the whole test: bound but never listening. Held, not
+    closed: a port freed and then used could meanwhile be taken by another listener (then nothing is refused)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 class RecordingSleep:
@@ -218,9 +222,9 @@ class TestDescribeTransient:
         assert isinstance(exc, httpx2.ReadError)
         assert type(err) is CloudTransientError and err.status is None and "unreachable" in err.message
 
-    def test_connection_refused_is_transient(self):
+    def test_connection_refused_is_transient(self, closed_port):
         """Nothing listening (httpx2.ConnectError) is transient."""
-        api = HfApi(endpoint=f"http://127.0.0.1:{closed_port()}", token=TOKEN)
+        api = HfApi(endpoint=f"http://127.0.0.1:{closed_port}", token=TOKEN)
         exc, err = hub_error(api.whoami)
         assert isinstance(exc, httpx2.ConnectError)
         assert type(err) is CloudTransientError and "unreachable" in err.message

@@ -155,7 +155,8 @@ class TestNotifyEndToEnd:
         wait_until(lambda: running(outbox, "talk", past=0.05), 120, "talk.wav running")
         wait_until(lambda: any("1 running locally" in m["STATUS"] for m in listener.having("STATUS")), 20, "STATUS")
         assert daemon.stop(signal.SIGTERM) == 0
-        assert listener.having("STOPPING")
+        # sent before the daemon exited, but the listener's thread may not have taken it off the socket yet
+        wait_until(lambda: listener.having("STOPPING"), 10, "STOPPING=1")
         # given back: the input is in the inbox again, untouched, and no result was written
         assert sha256_of(inbox / "talk.wav") == sha256_of(sample[0])
         assert not (outbox / "talk.json").exists()
@@ -171,7 +172,7 @@ class TestNotifyEndToEnd:
         wait_until(lambda: running(outbox, "talk"), 120, "talk.wav running again")
         stopping_at = len(listener.messages)
         assert again.stop(signal.SIGTERM) == 0
-        assert any("STOPPING" in m for m in listener.messages[stopping_at:])
+        wait_until(lambda: any("STOPPING" in m for m in listener.messages[stopping_at:]), 10, "STOPPING=1 again")
         result = json.loads((outbox / "talk.json").read_text())
         assert result["source"]["sha256"] == sha256_of(sample[0]) and len(result["speakers"]) == 2
         assert (inbox / ".diarist/done/talk.wav").exists() and not (inbox / "talk.wav").exists()
