@@ -35,7 +35,7 @@ from diarist.daemon.watcher import InboxWatcher, scan
 from diarist.handlers import audio, intake
 from diarist.handlers.cloud_job import CLOUD_BACKEND
 from diarist.handlers.cloud_submit import JobItem
-from diarist.handlers.crashpoints import crash_point
+from diarist.handlers.crashpoints import crash_point, hold_point
 from diarist.handlers.engine import LocalEngine
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
@@ -599,6 +599,8 @@ class Daemon:
         def progress(step: str, fraction: float) -> None:
             if step == "embeddings":
                 crash_point("inference")
+                # test-only (DIARIST_HOLD_AT): wait here mid-inference until the flag goes or stop() begins
+                hold_point("inference", until=lambda: self._deadline is not None)
             now = self._clock()
             self.heartbeats["worker"] = now
             if self._deadline is not None and should_release(

@@ -38,6 +38,10 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+#: real meeting clips and single-speaker voices kept in the project (README there: sources, licenses)
+DEV_AUDIO = Path(__file__).resolve().parent / "data" / "dev-audio"
+
+
 @pytest.fixture(scope="session")
 def sample() -> tuple[Path, Path]:
     """pyannote's bundled real recording (2 speakers, 30 s) and its reference RTTM."""
@@ -166,6 +170,16 @@ def ledger_state(db: Path, name: str, *, timeout: float, state: str = "done") ->
     return wait_until(row, timeout, f"{name} {state} in the ledger")  # type: ignore[return-value]
 
 
+def noon_timezone(now: float | None = None) -> str:
+    """A fixed-offset zone (``Etc/GMT±N``, no DST) where it is between 11:30 and 12:30 at ``now`` (default:
+    this moment): a test whose budget day runs on the real wall clock then has at least 11 hours before that
+    day ends, and a daily cap cannot reset in the middle of it."""
+    at = time.gmtime(time.time() if now is None else now)
+    offset = (12 if at.tm_min < 30 else 11) - at.tm_hour  # -12 .. +12 hours from UTC
+    # the POSIX sign convention of the Etc zones: Etc/GMT-5 is five hours ahead of UTC
+    return "Etc/GMT" if offset == 0 else f"Etc/GMT{-offset:+d}"
+
+
 def done_counts(db: Path) -> dict[str, int]:
     """How many times each input (by relative path) reached ``done`` in a ledger's event history."""
     conn = sqlite3.connect(db)
@@ -232,15 +246,17 @@ def daemon_config(
     tmp_path: Path, daemon: dict[str, object] | None = None, **inbox_extra: object
 ) -> tuple[Path, Path, Path, Path]:
     """A one-inbox ``diarist run`` config under ``tmp_path``: (config, inbox, outbox, ledger). ``daemon``
-    adds keys to ``[daemon]``, keyword arguments to the ``[[inbox]]``."""
+    adds keys to ``[daemon]``, keyword arguments to the ``[[inbox]]`` (or replace its ``polling = false``,
+    ``stability_seconds = 1.5``)."""
     inbox, outbox, state = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "state"
-    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in inbox_extra.items())
+    inbox_keys = {"polling": False, "stability_seconds": 1.5, **inbox_extra}
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in inbox_keys.items())
     daemon_keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in (daemon or {}).items())
     config = tmp_path / "diarist.toml"
     config.write_text(
         f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "test-host"\nrescan_interval = 3\nlog_format = "json"\n'
         f"{daemon_keys}\n"
-        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = false\nstability_seconds = 1.5\n{extra}'
+        f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\n{extra}'
     )
     inbox.mkdir()
     return config, inbox, outbox, state / "ledger.db"

@@ -230,6 +230,8 @@ class _Job:
     workdir: str | None = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     done_event: threading.Event = field(default_factory=threading.Event)
+    #: set once an inspect of this job has been answered (the ``after_inspect`` job fault waits for it)
+    inspected: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass
@@ -304,6 +306,8 @@ def classify(method: str, path: str) -> tuple[str | None, dict[str, str]]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    # lets :meth:`HubEmulator.outage` hold the port with a second, non-listening socket while this one is closed
+    allow_reuse_port = True
     request_queue_size = 128
     emulator: HubEmulator
 
@@ -412,6 +416,7 @@ class HubEmulator:
         scheduling_delay: float = 0.0,
         keepalive: float = 15.0,
         kill_grace: float = 1.0,
+        time_scale: float = 1.0,
         faults: list[dict[str, Any]] | None = None,
         verbose: bool = False,
     ) -> None:
@@ -421,7 +426,17 @@ class HubEmulator:
         self.scheduling_delay = scheduling_delay
         self.keepalive = keepalive
         self.kill_grace = kill_grace
+        if time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+        #: seconds on this machine per second of Hub hardware: jobs run here, on a CPU that may be much slower
+        #: than the flavor they asked for. A job's ``timeoutSeconds`` is enforced after ``timeoutSeconds *
+        #: time_scale`` real seconds and its reported durations are real seconds / ``time_scale``, so what the
+        #: Hub bills never exceeds the timeout, as on the real Hub. 1.0: Hub time is real time.
+        self.time_scale = time_scale
         self.verbose = verbose
+        #: clear while :meth:`outage` has the emulator off the network: no job process starts meanwhile
+        self._up = threading.Event()
+        self._up.set()
         self._cond = threading.Condition(threading.RLock())
         self._jobs: dict[str, _Job] = {}
         self._repos: dict[tuple[str, str], _Repo] = {}
@@ -476,25 +491,37 @@ class HubEmulator:
     def outage(self, seconds: float) -> None:
         """The Hub dies and comes back: the listening socket is closed (connections are refused) for
         ``seconds``, then the emulator listens on the same port again. Jobs keep running and repos and jobs
-        are kept, as on the real Hub after an outage; a job's own requests meanwhile fail like the daemon's."""
+        are kept, as on the real Hub after an outage; a job's own requests meanwhile fail like the daemon's,
+        but no job process starts while the Hub is down (a scheduled job starts once it is back).
+
+        The port stays ours throughout: a second socket bound to it (SO_REUSEPORT, not listening, so a
+        connection attempt is refused as with no socket at all) holds it until the new listener has it."""
         with self._cond:
             server = self._server
             if server is None or self._stopping:
                 return
             port = server.server_address[1]
             self.outages += 1
-        server.shutdown()
-        server.server_close()
-        time.sleep(seconds)
-        with self._cond:
-            if self._stopping:
-                return
-            self._server = _Server((self.host, port), _Handler)
-            self._server.emulator = self
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="hub-emulator", daemon=True
-            )
-            self._thread.start()
+            self._up.clear()
+        holder = socket.socket(server.socket.family, socket.SOCK_STREAM)
+        try:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            holder.bind((self.host, port))
+            server.shutdown()
+            server.server_close()
+            time.sleep(seconds)
+            with self._cond:
+                if self._stopping:
+                    return
+                self._server = _Server((self.host, port), _Handler)
+                self._server.emulator = self
+                self._thread = threading.Thread(
+                    target=self._server.serve_forever, args=(0.05,), name="hub-emulator", daemon=True
+                )
+                self._thread.start()
+        finally:
+            holder.close()
+            self._up.set()
 
     def __enter__(self) -> HubEmulator:
         return self.start()
@@ -568,7 +595,9 @@ class HubEmulator:
         ``labels``): ``{"job": "error", "message": "..."}`` (ERROR without running),
         ``{"job": "error_after_run", "message": "..."}`` (runs, then ERROR whatever the exit code),
         ``{"job": "stay_scheduling"}`` (SCHEDULING until canceled), ``{"job": "slow", "start_delay": 2.0,
-        "finish_delay": 1.0}`` (extra seconds in SCHEDULING / in RUNNING after the process exits).
+        "finish_delay": 1.0}`` (extra seconds in SCHEDULING / in RUNNING after the process exits; with
+        ``"after_inspect": true`` it also stays SCHEDULING until an inspect of it has been answered, so that
+        its process starts after whatever the client's first poll set off).
         """
         spec = {**(spec or {}), **kwargs}
         times = spec.get("times", 1)
@@ -579,7 +608,7 @@ class HubEmulator:
         if "job" in spec:
             if spec["job"] not in JOB_FAULT_MODES:
                 raise ValueError(f"unknown job fault {spec['job']!r}; expected one of {JOB_FAULT_MODES}")
-            unknown = set(spec) - {"job", "times", "message", "start_delay", "finish_delay", "labels"}
+            unknown = set(spec) - {"job", "times", "message", "start_delay", "finish_delay", "after_inspect", "labels"}
             if unknown:
                 raise ValueError(f"unknown job fault keys: {sorted(unknown)}")
             if spec["job"] == "slow":
@@ -842,10 +871,10 @@ class HubEmulator:
             "flavor": spec.get("flavor"),
             "labels": dict(spec.get("labels") or {}) or None,
             "status": {"stage": job.stage, "message": job.message},
-            "durations": {
-                "schedulingSecs": int((job.started_at or end) - job.created_at) if job.started_at else None,
-                "runningSecs": int(end - job.started_at) if job.started_at else None,
-                "totalSecs": int(end - job.created_at),
+            "durations": {  # Hub seconds: see time_scale
+                "schedulingSecs": self._hub_secs((job.started_at or end) - job.created_at) if job.started_at else None,
+                "runningSecs": self._hub_secs(end - job.started_at) if job.started_at else None,
+                "totalSecs": self._hub_secs(end - job.created_at),
             },
             "owner": {"id": self._user_id(job.namespace), "name": job.namespace, "type": "user"},
             "initiator": {"type": "user", "id": self._user_id(self.namespace), "name": self.namespace},
@@ -860,6 +889,9 @@ class HubEmulator:
         if "attempts" in spec:
             info["retry"] = max(int(spec["attempts"]) - 1, 0)
         return info
+
+    def _hub_secs(self, real_seconds: float) -> int:
+        return int(real_seconds / self.time_scale)
 
     def _route_jobs_create(self, req: _Request) -> _Reply:
         self._require_auth(req)
@@ -919,7 +951,9 @@ class HubEmulator:
 
     def _route_jobs_inspect(self, req: _Request) -> _Reply:
         with self._cond:
-            return _Reply(200, self._job_json(self._get_job(req)))
+            job = self._get_job(req)
+            job.inspected.set()
+            return _Reply(200, self._job_json(job))
 
     def _route_jobs_cancel(self, req: _Request) -> _Reply:
         with self._cond:
@@ -1015,6 +1049,13 @@ class HubEmulator:
             delay = self.scheduling_delay + (float(fault.get("start_delay", 0)) if mode == "slow" else 0.0)
             if job.cancel_event.wait(delay) or self._stopping:
                 return
+            if mode == "slow" and fault.get("after_inspect"):
+                while not job.inspected.wait(0.05):
+                    if job.cancel_event.is_set() or self._stopping:
+                        return
+            while not self._up.wait(0.05):  # the Hub is down (outage): nothing gets scheduled
+                if job.cancel_event.is_set() or self._stopping:
+                    return
             if mode == "error":
                 self._finish(job, "ERROR", fault.get("message") or "Emulated failure before the job started")
                 return
@@ -1055,7 +1096,7 @@ class HubEmulator:
             timeout = job.spec.get("timeoutSeconds")
             timed_out = False
             try:
-                proc.wait(timeout=float(timeout) if timeout else None)
+                proc.wait(timeout=float(timeout) * self.time_scale if timeout else None)
             except subprocess.TimeoutExpired:
                 timed_out = True
                 self._signal_group(proc, signal.SIGTERM)
@@ -1345,6 +1386,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--kill-grace", type=float, default=1.0, help="seconds between SIGTERM and SIGKILL on cancel/timeout"
     )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="seconds here per second of Hub hardware: timeouts are enforced that much later, durations "
+        "reported that much shorter (default 1)",
+    )
     parser.add_argument("--fault", action="append", default=[], help="fault as JSON (repeatable), see below")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")
     return parser
@@ -1362,6 +1410,7 @@ def main(argv: list[str] | None = None) -> int:
         scheduling_delay=args.scheduling_delay,
         keepalive=args.keepalive,
         kill_grace=args.kill_grace,
+        time_scale=args.time_scale,
         faults=[json.loads(spec) for spec in args.fault],
         verbose=args.verbose,
     )

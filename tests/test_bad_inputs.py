@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
+import time
 import wave
 from pathlib import Path
 
@@ -17,7 +19,18 @@ import pytest
 
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import WITHOUT_DAC, copy, cut, daemon_config, finished, ledger_rows, ledger_state, wait_until
+from conftest import (
+    WITHOUT_DAC,
+    DaemonProcess,
+    copy,
+    cut,
+    daemon_config,
+    finished,
+    ledger_rows,
+    ledger_state,
+    log_events,
+    wait_until,
+)
 
 
 def ffmpeg(dst: Path, *args: str) -> Path:
@@ -50,6 +63,24 @@ def assert_failed_aside(inbox: Path, outbox: Path, name: str, stem: str, *words:
     assert (failed / f"{name}.error.json").exists()
     assert not os.path.lexists(inbox / name)
     return error
+
+
+def keep_growing(path: Path, every: float = 0.2) -> None:
+    """Append a byte to ``path`` every ``every`` seconds until it is gone (a copy still under way)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND)  # no O_CREAT: once removed it stays removed
+        except FileNotFoundError:
+            return
+        try:
+            os.write(fd, b"\0")
+        finally:
+            os.close(fd)
+        time.sleep(every)
+
+
+def discovered(daemon: DaemonProcess, name: str) -> bool:
+    return any(e.get("event") == "discovered" and e.get("file") == name for e in log_events(daemon.text()))
 
 
 def result_of(outbox: Path, stem: str) -> dict:
@@ -120,10 +151,15 @@ def test_bad_inputs_fail_aside_and_odd_ones_get_results(tmp_path, sample, daemon
 
     daemon = daemon_factory(config).start()
 
-    # a file that goes away after it was seen: its row closes, nothing else happens
+    # a file that goes away after it was seen, while it was still being written: its row closes, nothing else
+    # happens. It grows until it is removed, so that it never stays still for the stability window (1.5 s)
+    # and cannot be claimed first, however long the discovery took.
     (inbox / "gone.wav").write_bytes(speech.read_bytes())
-    wait_until(lambda: '"file": "gone.wav"' in daemon.text(), 30, "gone.wav discovered")
+    growing = threading.Thread(target=keep_growing, args=(inbox / "gone.wav",), daemon=True)
+    growing.start()
+    wait_until(lambda: discovered(daemon, "gone.wav"), 30, "gone.wav discovered")
     (inbox / "gone.wav").unlink()
+    growing.join()
 
     stems = {name: name.rsplit(".", 1)[0] for name in [*bad, *odd]}
     stems['we said "hi"\nthen it\'s over .wav'] = "we said _hi__then it's over"

@@ -123,14 +123,16 @@ def test_committed_spending_never_exceeds_a_cap(tmp_path: Path, ops, daily: int,
 
 def test_racing_submitters_cannot_share_the_same_headroom(tmp_path: Path) -> None:
     path = tmp_path / "ledger.db"
-    Ledger(path)  # schema
+    # every connection on one fixed instant, mid-day in Berlin: the budget day cannot end during the race
+    noon = Clock(datetime(2026, 5, 12, 10, 0, tzinfo=UTC).timestamp())
+    Ledger(path, clock=noon)  # schema
     caps = BudgetCaps(daily_usd=Decimal("1.00"))
     allowed: list[str] = []
     lock = threading.Lock()
     barrier = threading.Barrier(8)
 
     def submitter(n: int) -> None:
-        ledger = Ledger(path)  # its own connection, as another daemon would have
+        ledger = Ledger(path, clock=noon)  # its own connection, as another daemon would have
         barrier.wait()
         for i in range(10):
             batch = f"t{n}-{i}"
@@ -148,7 +150,7 @@ def test_racing_submitters_cannot_share_the_same_headroom(tmp_path: Path) -> Non
         t.join()
     # 80 attempts at $0.07 against $1.00: exactly 14 fit, however the threads interleave
     assert len(allowed) == 14
-    ledger = Ledger(path)
+    ledger = Ledger(path, clock=noon)
     assert ledger.budget_totals(TZ).day.reserved_usd == Decimal("0.98")
 
 

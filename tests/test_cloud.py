@@ -12,8 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
@@ -26,7 +25,7 @@ from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
 from diarist.handlers.results import parse_rttm, validate_result
 
-from conftest import SUITE_TOKEN, copy, cut, ledger_state, wait_until
+from conftest import SUITE_TOKEN, copy, cut, ledger_state, noon_timezone, wait_until
 from hub_emulator import HubEmulator
 
 pytestmark = pytest.mark.slow
@@ -292,7 +291,9 @@ def settled(d: CloudDaemon, emu: HubEmulator) -> None:
 def test_the_hub_dying_mid_way_loses_nothing(cloud_daemon, emu: HubEmulator, clips, fault: dict, when: str) -> None:
     """The emulator goes off the network for 3 s at one step (connections refused, as when the Hub dies),
     then comes back with its state: the file still lands once, through the one job it was given."""
-    emu.add_fault(job="slow", start_delay=5.0)  # the job's own requests wait until the Hub is back
+    # The job's own requests must not meet the outage: its process starts only once the daemon's poll has been
+    # answered (after the outage, when that poll set it off), and never while the emulator is down.
+    emu.add_fault(job="slow", start_delay=0.0, after_inspect=True)
     emu.add_fault(**fault, down=3.0)
     d = cloud_daemon()
     copy(clips[3], d.inbox / "m.wav")
@@ -409,8 +410,30 @@ BUDGET = {
     # over the cap on its own: such a file would never wait, it would go local)
     "startup_seconds": 30,
     "min_job_timeout": 60,
-    "timezone": "Europe/Berlin",
 }
+
+
+@pytest.fixture
+def budget_tz() -> str:
+    """The budget day's zone: fixed-offset, noon now, so that no budget day ends (and no daily cap resets)
+    while the test runs on the real wall clock."""
+    return noon_timezone()
+
+
+def count_cloud_passes(d: CloudDaemon) -> Callable[[], int]:
+    """From now on, count the in-process daemon's completed cloud scheduler passes (its scheduler calls
+    ``cloud.tick`` through the attribute, so the wrapper sees every later pass)."""
+    done = [0]
+    tick = d.daemon.cloud.tick
+
+    def counted() -> None:
+        try:
+            tick()
+        finally:
+            done[0] += 1
+
+    d.daemon.cloud.tick = counted  # type: ignore[method-assign]
+    return lambda: done[0]
 
 
 def status_documents(outbox: Path) -> list[dict[str, Any]]:
@@ -428,10 +451,10 @@ def status_documents(outbox: Path) -> list[dict[str, Any]]:
 class CommitMonitor:
     """Samples the day's committed spending (settled + reserved) from its own ledger connection."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, tz: str) -> None:
         from zoneinfo import ZoneInfo
 
-        self.path, self.tz, self.peak = path, ZoneInfo("Europe/Berlin"), Decimal(0)
+        self.path, self.tz, self.peak = path, ZoneInfo(tz), Decimal(0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -448,7 +471,7 @@ class CommitMonitor:
 
 
 def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
-    cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path
+    cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path, budget_tz: str
 ) -> None:
     recordings = []
     for n in range(20):  # 10 minutes each: a stretch of the sample, then silence; distinct content
@@ -458,8 +481,8 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(sample[0]), "-af", audio, str(dst)], check=True)
         recordings.append(dst)
     # one file per job: with the 30 s start-up two 10-minute files would share one 2-minute job
-    d = cloud_daemon(fallback=False, inbox={"task": "vad"}, batch_max_files=1, **BUDGET)
-    monitor = CommitMonitor(d.ledger_path)
+    d = cloud_daemon(fallback=False, inbox={"task": "vad"}, batch_max_files=1, timezone=budget_tz, **BUDGET)
+    monitor = CommitMonitor(d.ledger_path, budget_tz)
     for rec in recordings:
         copy(rec, d.inbox / rec.name)
 
@@ -469,7 +492,9 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
         return bool(jobs) and not d.ledger.open_jobs() and len(deferred) == 19
 
     wait_until(settled_and_waiting, 400, "one job settled and nineteen files deferred")
-    time.sleep(2)  # more scheduler ticks: nothing else may go out
+    passes = count_cloud_passes(d)
+    # more scheduler passes, each of which could have sent a file out: nothing else may go out
+    wait_until(lambda: passes() >= 6, 60, "six more cloud scheduler passes")
     peak = monitor.stop()
 
     assert peak <= Decimal("0.05"), f"committed {peak} > the $0.05 cap"
@@ -494,9 +519,7 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
 
     # `diarist status` says why they wait; `diarist usage` and its HTML report work on the settled job
     config = tmp_path / "usage.toml"
-    config.write_text(
-        f'[daemon]\nledger = "{d.ledger_path}"\n[cloud]\ndaily_budget = 0.05\ntimezone = "Europe/Berlin"\n'
-    )
+    config.write_text(f'[daemon]\nledger = "{d.ledger_path}"\n[cloud]\ndaily_budget = 0.05\ntimezone = "{budget_tz}"\n')
     status = subprocess.run(
         [sys.executable, "-m", "diarist.daemon.cli", "--config", str(config), "status", "--limit", "30"],
         capture_output=True,
@@ -521,16 +544,22 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
 
 
 def test_over_budget_files_fall_back_to_local_and_say_why(
-    cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path
+    cloud_daemon, emu: HubEmulator, sample: tuple[Path, Path], tmp_path: Path, budget_tz: str
 ) -> None:
     (tmp_path / "src").mkdir()
     clips = [cut(sample[0], tmp_path / "src" / f"short{n:02d}.wav", 3 + n * 1.2, 4) for n in range(20)]
+    # The admitted job runs here, on the two cores that the nineteen local runs share, not on an A10G: its 120 s
+    # Hub timeout is not about this machine's speed. Emulated Hub time runs at a quarter of real time (the
+    # timeout is enforced after 480 s, the billed time is real / 4, so the budget arithmetic is unchanged).
+    emu.time_scale = 4.0
     # one file per job keeps the admitted job short while nineteen local runs share the CPU with it
-    d = cloud_daemon(batch_max_files=1, **BUDGET)
-    monitor = CommitMonitor(d.ledger_path)
+    d = cloud_daemon(batch_max_files=1, timezone=budget_tz, **BUDGET)
+    monitor = CommitMonitor(d.ledger_path, budget_tz)
     for clip in clips:
         copy(clip, d.inbox / clip.name)
-    docs = [d.result(c.name, timeout=300) for c in clips]
+    # the admitted job may run for its whole scaled timeout (480 s) after the batch window, upload and start
+    wait_until(lambda: all((d.outbox / f"{c.stem}.json").exists() for c in clips), 600, "the twenty results")
+    docs = [d.result(c.name) for c in clips]
     wait_until(lambda: not d.ledger.open_jobs(), 60, "the cloud job settled")
     peak = monitor.stop()
 

@@ -379,7 +379,8 @@ class TestSubmitterStart:
         # a manifest this code refuses makes the job stop before any model is loaded
         emu.add_repo(STAGING, files={manifest_path(spec.batch_id): json.dumps({"schema": "diarist.job/0"})})
         snap = sub.start(spec)
-        job = emu.wait_job(snap.job_id, timeout=30)
+        # the job is a fresh interpreter importing huggingface_hub and fetching the wheel: slow on a loaded machine
+        job = emu.wait_job(snap.job_id, timeout=60)
         logs = "\n".join(job["emulator"]["logs"])
         assert f"diarist job: fetching {wheel_path(sub.wheel)}" in logs
         assert "installing the runtime stack" not in logs

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -42,8 +43,20 @@ class ArchiveOrderWatch(Poller):
                 self.violations.append(str(archived))
 
 
-def slow_write(src: Path, dst: Path, chunks: int = 8, pause: float = 0.6) -> None:
-    """Write a file in chunks over several seconds, like a slow copy onto a share."""
+def intake_heartbeats(db: Path, pid: int, seen: set[float]) -> set[float]:
+    """Add the intake heartbeat of the daemon ``pid`` now in the ledger to ``seen``, and return it."""
+    conn = sqlite3.connect(db)
+    try:
+        seen.update(at for (at,) in conn.execute("select heartbeat_at from hosts where pid = ?", (pid,)))
+    finally:
+        conn.close()
+    return seen
+
+
+def slow_write(src: Path, dst: Path, chunks: int = 20, pause: float = 0.3) -> None:
+    """Write a file in chunks over several seconds, like a slow copy onto a share: 6 s in all, longer than the
+    inbox's stability window (4 s in the test using it), in steps far shorter than it, so that only a tracker
+    re-armed by every change waits for the end (a stall of the writer up to 3.7 s is still no early claim)."""
     data = src.read_bytes()
     step = len(data) // chunks + 1
     with open(dst, "wb") as f:
@@ -57,7 +70,7 @@ def slow_write(src: Path, dst: Path, chunks: int = 8, pause: float = 0.6) -> Non
 class TestDaemonEndToEnd:
     def test_inbox_to_outbox(self, tmp_path, audio_dir, sample, daemon_factory):
         """Many kinds of drops at once: every good file gets RTTM+JSON once, bad ones fail aside, junk is ignored."""
-        config, inbox, outbox, db = daemon_config(tmp_path)
+        config, inbox, outbox, db = daemon_config(tmp_path, stability_seconds=4)
         daemon = daemon_factory(config).start()
         done = inbox / ".diarist" / "done"
         watch_pairs = [
@@ -161,9 +174,13 @@ class TestDaemonEndToEnd:
         assert daemon.stop() == 0
         first = (outbox / "kept.json").stat().st_mtime_ns
         again = daemon_factory(config).start()
-        # two rescans later the kept file is still not retaken
-        time.sleep(7)
+        # The daemon logs no rescans, but its intake loop records a heartbeat in the ledger every 5 s, in the
+        # same loop that rescans (every 3 s) and takes what it finds: by its third heartbeat at least two whole
+        # rescans were done, however loaded the machine. The kept file was still not retaken.
+        beats: set[float] = set()
+        wait_until(lambda: len(intake_heartbeats(db, again.proc.pid, beats)) >= 3, 120, "three intake heartbeats")
         assert again.stop() == 0
+        assert not [e for e in log_events(again.text()) if e.get("file") == "kept.wav"], "kept.wav was seen again"
         assert (outbox / "kept.json").stat().st_mtime_ns == first
         assert [r["state"] for r in ledger_rows(db)] == ["done"]
 

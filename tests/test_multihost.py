@@ -13,7 +13,11 @@ import pytest
 from audiogen import slices
 from conftest import ledger_rows, log_events, wait_until
 
-LEASE = 3.0
+# Long enough that a live host is never taken for dead: on a loaded machine (torch in two daemons, fsyncs on
+# two cores) a heartbeat can stall for seconds, and a 3 s lease let the other host take a live host's claims.
+# 20 s (renewed every 20/6 s) tolerates a stall of over 16 s; it only delays the takeover after the SIGKILL,
+# which the 600 s wait for the last results covers many times over.
+LEASE = 20.0
 
 
 def write_config(tmp_path: Path, host: str, inbox: Path, outbox: Path) -> tuple[Path, Path]:

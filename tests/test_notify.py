@@ -130,13 +130,13 @@ def write_config(tmp_path: Path, stop_timeout: float) -> tuple[Path, Path, Path,
     return config, inbox, outbox, state / "ledger.db"
 
 
-def running(outbox: Path, name: str, past: float = 0.0) -> bool:
+def running(outbox: Path, name: str) -> bool:
     status = outbox / f"{name}.status.json"
     try:
         doc = json.loads(status.read_text())
     except (OSError, ValueError):
         return False
-    return doc["state"] == "running" and (doc.get("progress") or 0) > past
+    return doc["state"] == "running"
 
 
 @pytest.mark.slow
@@ -146,13 +146,18 @@ class TestNotifyEndToEnd:
         or finishes it (default), exit 0 both times, nothing lost."""
         env = {"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "1000000"}
         config, inbox, outbox, db = write_config(tmp_path, stop_timeout=0)
-        daemon = daemon_factory(config, env).start()
+        # The SIGTERM must land mid-inference, whatever the hardware's speed: the worker is held in its first
+        # embeddings progress call (DIARIST_HOLD_AT) until the daemon begins to stop, then checks the deadline.
+        hold = tmp_path / "hold-inference"
+        hold.touch()
+        daemon = daemon_factory(config, {**env, "DIARIST_HOLD_AT": f"inference:{hold}"}).start()
         wait_until(lambda: listener.having("READY"), 10, "READY=1")
         wait_until(lambda: len(listener.having("WATCHDOG")) >= 3, 20, "three WATCHDOG=1 pings")
         assert listener.having("READY")[0]["STATUS"].startswith("0 waiting; 0 running locally")
 
         copy(sample[0], inbox / "talk.wav")
-        wait_until(lambda: running(outbox, "talk", past=0.05), 120, "talk.wav running")
+        wait_until((tmp_path / "hold-inference.held").exists, 120, "talk.wav held mid-inference")
+        assert running(outbox, "talk")
         wait_until(lambda: any("1 running locally" in m["STATUS"] for m in listener.having("STATUS")), 20, "STATUS")
         assert daemon.stop(signal.SIGTERM) == 0
         # sent before the daemon exited, but the listener's thread may not have taken it off the socket yet
@@ -166,10 +171,13 @@ class TestNotifyEndToEnd:
         conn.close()
         assert '"event": "released"' in daemon.text()
 
-        # second run, default stop_timeout: the file is taken again, SIGTERM waits for it to finish
+        # second run, default stop_timeout: the file is taken again (held mid-inference as before, so that the
+        # SIGTERM surely comes while it runs), SIGTERM waits for it to finish
+        (tmp_path / "hold-inference.held").unlink()
         config, *_ = write_config(tmp_path, stop_timeout=240)
-        again = daemon_factory(config, env).start()
-        wait_until(lambda: running(outbox, "talk"), 120, "talk.wav running again")
+        again = daemon_factory(config, {**env, "DIARIST_HOLD_AT": f"inference:{hold}"}).start()
+        wait_until((tmp_path / "hold-inference.held").exists, 120, "talk.wav held mid-inference again")
+        assert running(outbox, "talk")
         stopping_at = len(listener.messages)
         assert again.stop(signal.SIGTERM) == 0
         wait_until(lambda: any("STOPPING" in m for m in listener.messages[stopping_at:]), 10, "STOPPING=1 again")

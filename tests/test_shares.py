@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
 
 from diarist.handlers.intake import sha256_of
 
-from conftest import cut, wait_until
+from conftest import DaemonProcess, cut, log_events, wait_until
 
 
 def write_config(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -20,10 +19,14 @@ def write_config(tmp_path: Path) -> tuple[Path, Path, Path]:
     config.write_text(
         f'[daemon]\nledger = "{state}/ledger.db"\nhost_id = "h"\nlog_format = "json"\nrescan_interval = 30\n'
         f'[[inbox]]\npath = "{inbox}"\noutbox = "{outbox}"\npolling = true\npoll_interval = 0.5\n'
-        "stability_seconds = 3\n"
+        "stability_seconds = 8\n"
     )
     inbox.mkdir()
     return config, inbox, outbox
+
+
+def logged(daemon: DaemonProcess, event: str, name: str) -> list[dict]:
+    return [e for e in log_events(daemon.text()) if e.get("event") == event and e.get("file") == name]
 
 
 def results(outbox: Path) -> dict[str, dict]:
@@ -56,10 +59,12 @@ class TestPollingInbox:
         part = inbox / "renamed.wav.part"
         part.write_bytes(a.read_bytes())
         os.rename(part, inbox / "renamed.wav")
-        # overwritten with a shorter recording while diarist waited for it to settle
+        # overwritten with a shorter recording while diarist waited for it to settle: right after it was seen,
+        # well within the 8 s it must stay unchanged
         (inbox / "overwritten.wav").write_bytes(long.read_bytes())
-        time.sleep(1.5)
+        wait_until(lambda: logged(daemon, "discovered", "overwritten.wav"), 30, "overwritten.wav discovered")
         (inbox / "overwritten.wav").write_bytes(short.read_bytes())
+        assert not logged(daemon, "claimed", "overwritten.wav"), "claimed before it was overwritten"
         # a name SMB cannot store, and two names a case-insensitive share would merge
         (inbox / "call 10:30?.wav").write_bytes(b.read_bytes())
         (inbox / "Meeting.wav").write_bytes(c.read_bytes())
@@ -74,6 +79,8 @@ class TestPollingInbox:
         assert by_source["renamed.wav"][1]["source"]["sha256"] == sha256_of(a)
         over = by_source["overwritten.wav"][1]
         assert over["source"]["sha256"] == sha256_of(short)
+        # claimed once, and what it claimed was the overwritten content
+        assert [e["sha"] for e in logged(daemon, "claimed", "overwritten.wav")] == [sha256_of(short)[:12]]
         assert over["source"]["duration"] == pytest.approx(4.0, abs=0.1)
 
         assert by_source["call 10:30?.wav"][0] == "call 10_30_.json"
