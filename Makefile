@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.diarist-installed
 
-.PHONY: setup demo test bench soak lint clean
+.PHONY: setup demo test bench accuracy soak lint clean
 
 setup: $(STAMP)
 
@@ -20,6 +20,10 @@ test: setup
 # not part of the tests: minutes to an hour, prints tables (README: Benchmarks)
 bench: setup
 	$(VENV)/bin/python benchmarks/run.py $(ARGS)
+
+# not part of the tests: ~10 minutes, stock pyannote vs diarist on real speech (README: Accuracy)
+accuracy: setup
+	$(VENV)/bin/python benchmarks/accuracy.py $(ARGS)
 
 # not part of the tests: drops files and kills the daemon for MINUTES, then prints the counts (README)
 MINUTES ?= 10

@@ -26,7 +26,8 @@ from diarist.handlers.audio import SAMPLE_RATE
 from diarist.handlers.errors import ModelError
 from diarist.policies.flavor import Task
 
-#: tuned on pyannote's sample (2 speakers: 3 clusters below 0.5, 1 above 0.6)
+#: the clustering's always-safe merge distance (handlers/clustering.py); pyannote's sample splits into 3 below
+#: 0.5 and merges into 1 above 0.6 when nothing else keeps its two speakers apart
 DEFAULT_CLUSTERING_THRESHOLD = 0.55
 LOCAL_BACKEND = "pyannote-local"
 BUNDLED_SEGMENTATION = "pyannote_segmentation_3.0/pytorch_model.bin"
@@ -56,6 +57,15 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class Centroids:
+    """One embedding centroid per speaker label (float32 vectors), and the embedding model that made them:
+    vectors of different models are never comparable."""
+
+    model: str
+    vectors: tuple[tuple[str, tuple[float, ...]], ...]
+
+
+@dataclass(frozen=True)
 class EngineOutput:
     """What the engine found; which fields are filled depends on the task."""
 
@@ -63,6 +73,7 @@ class EngineOutput:
     exclusive_segments: tuple[Segment, ...] = ()
     vad: tuple[Region, ...] | None = None
     overlap: tuple[Region, ...] | None = None
+    centroids: Centroids | None = None
 
 
 def bundled_model_dir() -> Path:
@@ -283,18 +294,26 @@ class LocalEngine:
             out = self._pipeline(file, hook=hook, **(speakers or {}))
         diarization = getattr(out, "speaker_diarization", out)
         exclusive = getattr(out, "exclusive_speaker_diarization", None)
-        result = EngineOutput(
+        full = task is Task.FULL
+        return EngineOutput(
             segments=_segments(diarization),
             exclusive_segments=_segments(exclusive) if exclusive is not None else (),
+            vad=_regions(diarization.get_timeline().support()) if full else None,
+            overlap=_regions(diarization.get_overlap()) if full else None,
+            centroids=self._centroids(diarization, getattr(out, "speaker_embeddings", None)),
         )
-        if task is Task.FULL:
-            result = EngineOutput(
-                segments=result.segments,
-                exclusive_segments=result.exclusive_segments,
-                vad=_regions(diarization.get_timeline().support()),
-                overlap=_regions(diarization.get_overlap()),
-            )
-        return result
+
+    def _centroids(self, diarization: Any, embeddings: Any) -> Centroids | None:
+        """pyannote's per-speaker centroids (rows in ``diarization.labels()`` order); a label without one (a
+        zero row: more simultaneous speakers than clusters) is left out."""
+        if embeddings is None or self._info is None:
+            return None
+        vectors = tuple(
+            (str(label), tuple(float(v) for v in np.asarray(row, dtype=np.float32)))
+            for label, row in zip(diarization.labels(), embeddings, strict=False)
+            if np.any(row) and np.all(np.isfinite(row))
+        )
+        return Centroids(model=self._info.models[-1], vectors=vectors) if vectors else None
 
     def _count_only(self, file: dict[str, Any], task: Task, hook: Any) -> EngineOutput:
         """Speech / overlap regions from the segmentation model alone: no embeddings, no clustering."""

@@ -1,4 +1,4 @@
-"""pyannote's ``SpeakerDiarization`` with a cheaper embedding step (same models, same clustering).
+"""pyannote's ``SpeakerDiarization`` with a cheaper embedding step and diarist's clustering (same models).
 
 Stock ``get_embeddings`` runs the whole embedding network once per (chunk, local speaker): with
 segmentation-3.0's three local speakers and 10 s chunks every second, every second of audio goes through
@@ -12,9 +12,12 @@ stock. Chunks where nobody speaks are skipped and inactive speakers get NaN embe
 clustering ignores. Blocks are computed in time order and dropped once no later chunk needs them, so memory
 stays flat however long the file is.
 
-What differs from stock: CAM++'s utterance-level context and its feature mean normalisation are taken over a
-block (plus margins) rather than over the chunk, both 10-12 s of the same audio. The benchmark
-(``benchmarks/``) measures the effect on DER against stock in the same run.
+Embeddings leave out frames where several people talk at once (pyannote's ``exclude_overlap``, on by
+default for this pipeline), and clustering is ``handlers/clustering.py``'s cannot-link AHC.
+
+What differs from stock in the features: CAM++'s utterance-level context and its feature mean normalisation
+are taken over a block (plus margins) rather than over the chunk, both 10-12 s of the same audio. The
+benchmarks (``benchmarks/``) measure the effect on DER against stock in the same run.
 
 Used only with embedding models that expose ``forward_frames`` / ``pooling`` / ``dense`` (the bundled
 CAM++); any other model falls back to the stock method.
@@ -34,16 +37,12 @@ import numpy as np
 import torch
 from pyannote.audio import Inference
 from pyannote.audio.pipelines import SpeakerDiarization
-from pyannote.audio.pipelines.clustering import AgglomerativeClustering
 
 from diarist.handlers.audio import PCM_FULL_SCALE
+from diarist.handlers.clustering import CannotLinkClustering
 
 #: seconds of audio run on either side of each block and then discarded
 MARGIN_SECONDS = 1.0
-#: at most this many embeddings train the clustering; the rest are assigned to its centroids (as pyannote
-#: already does for the embeddings it filters out). Agglomerative clustering holds all pairwise distances:
-#: 5,000 is 100 MB, the ~30,000 of a 4-hour meeting would be 3.6 GB.
-MAX_TRAINING_EMBEDDINGS = 5000
 
 
 def pcm_to_float(samples: torch.Tensor) -> torch.Tensor:
@@ -61,19 +60,6 @@ class _PcmInference(Inference):
         return super().infer(pcm_to_float(chunks))
 
 
-class CappedAgglomerativeClustering(AgglomerativeClustering):
-    """pyannote's agglomerative clustering, trained on an evenly spread subset when there are too many."""
-
-    max_training = MAX_TRAINING_EMBEDDINGS
-
-    def filter_embeddings(self, embeddings: Any, segmentations: Any = None, min_active_ratio: float = 0.2) -> Any:
-        kept, chunk_idx, speaker_idx = super().filter_embeddings(embeddings, segmentations, min_active_ratio)
-        if len(kept) <= self.max_training:
-            return kept, chunk_idx, speaker_idx
-        pick = np.unique(np.linspace(0, len(kept) - 1, self.max_training).round().astype(int))
-        return kept[pick], chunk_idx[pick], speaker_idx[pick]
-
-
 def segmentation_step(duration: float) -> float:
     """Chunk step as a fraction of the 10 s window: 0.1 (pyannote's) below 10 minutes, 0.2 from there on.
 
@@ -85,15 +71,19 @@ def segmentation_step(duration: float) -> float:
     return 0.1 if duration < LONG_FILE_SECONDS else 0.2
 
 
+#: a speaker's own (non-overlapped) speech in a chunk below this is too little for an embedding of it alone
+MIN_CLEAN_SECONDS = 0.5
+
 #: from this duration on, the coarser chunk step pays (see ``segmentation_step``)
 LONG_FILE_SECONDS = 600.0
 
 
 class FastSpeakerDiarization(SpeakerDiarization):
     def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("embedding_exclude_overlap", True)
         super().__init__(*args, **kwargs)
         if self.klustering == "AgglomerativeClustering":
-            self.clustering = CappedAgglomerativeClustering(metric=self._embedding.metric)
+            self.clustering = CannotLinkClustering(metric=self._embedding.metric)
         stock = self._segmentation
         self._segmentation = _PcmInference(
             stock.model, duration=stock.duration, step=stock.step, skip_aggregation=True, batch_size=stock.batch_size
@@ -125,11 +115,7 @@ class FastSpeakerDiarization(SpeakerDiarization):
 
     def _block_frames_apply(self) -> bool:
         """Whether ``get_embeddings`` takes the block-features path rather than pyannote's own."""
-        return (
-            not self.training
-            and not self.embedding_exclude_overlap
-            and hasattr(self._embedding.model_, "forward_frames")
-        )
+        return not self.training and hasattr(self._embedding.model_, "forward_frames")
 
     def get_embeddings(
         self,
@@ -139,11 +125,14 @@ class FastSpeakerDiarization(SpeakerDiarization):
         hook: Callable[..., None] | None = None,
     ) -> np.ndarray:
         model = self._embedding.model_
-        if exclude_overlap or not self._block_frames_apply() or "waveform" not in file:
+        if not self._block_frames_apply() or "waveform" not in file:
             return super().get_embeddings(file, binary_segmentations, exclude_overlap=exclude_overlap, hook=hook)
-        num_chunks, _num_frames, num_speakers = binary_segmentations.data.shape
+        num_chunks, num_frames, num_speakers = binary_segmentations.data.shape
         masks = np.nan_to_num(binary_segmentations.data, nan=0.0).astype(np.float32)
         active = masks.sum(axis=1) > 0  # (chunks, speakers)
+        if exclude_overlap:
+            seconds = binary_segmentations.sliding_window.duration
+            masks = clean_masks(masks, min_frames=math.ceil(num_frames * MIN_CLEAN_SECONDS / seconds))
         todo = np.flatnonzero(active.any(axis=1))
         embeddings = np.full((num_chunks, num_speakers, model.dimension), np.nan, dtype=np.float32)
         frames = _BlockFrames(model, file, binary_segmentations.sliding_window.duration, self._embedding.device)
@@ -163,6 +152,17 @@ class FastSpeakerDiarization(SpeakerDiarization):
                 hook("embeddings", None, total=len(batches), completed=i)
         embeddings[~active] = np.nan
         return embeddings
+
+
+def clean_masks(masks: np.ndarray, min_frames: int) -> np.ndarray:
+    """Speaker masks without the frames where several speakers talk at once, as pyannote's
+    ``exclude_overlap`` does: a speaker with ``min_frames`` or fewer frames of their own keeps the whole mask.
+
+    masks: (chunks, frames, speakers) 0/1.
+    """
+    alone = masks * (masks.sum(axis=2, keepdims=True) < 2)
+    enough = alone.sum(axis=1, keepdims=True) > min_frames  # (chunks, 1, speakers)
+    return np.where(enough, alone, masks)
 
 
 class _BlockFrames:

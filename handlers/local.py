@@ -89,4 +89,5 @@ def diarize_file(
         vad=output.vad,
         overlap=output.overlap,
         speakers_requested=speakers,
+        centroids=output.centroids if task in (Task.DIARIZATION, Task.FULL) else None,
     )

@@ -6,6 +6,7 @@ fsync, rename), so the outbox only ever holds complete files or none.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -16,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from diarist.handlers.crashpoints import crash_point
-from diarist.handlers.engine import Region, Segment
+from diarist.handlers.engine import Centroids, Region, Segment
 from diarist.policies.names import output_stem, within
 
-SCHEMA = "diarist.result/1"
+#: minor versions add optional fields: 1.1 adds ``centroids``. Readers accept every 1.x.
+SCHEMA = "diarist.result/1.1"
+SCHEMA_MAJOR = "diarist.result/1"
+CENTROID_ENCODING = "base64-float32-le"
 #: the name ending of ``atomic_write``'s temporaries (hidden: they also start with a dot)
 TEMPORARY_SUFFIX = ".diarist-tmp"
 STATUS_SCHEMA = "diarist.status/1"
@@ -137,8 +141,9 @@ def build_result(
     vad: tuple[Region, ...] | None,
     overlap: tuple[Region, ...] | None,
     speakers_requested: dict[str, int] | None = None,
+    centroids: Centroids | None = None,
 ) -> dict[str, Any]:
-    """The ``diarist.result/1`` document (see docs/result-schema.md)."""
+    """The ``diarist.result/1.x`` document (README: "What lands in the outbox")."""
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "source": vars(source).copy(),
@@ -152,17 +157,57 @@ def build_result(
     }
     if speakers_requested:
         doc["speakers_requested"] = dict(speakers_requested)
+        note = speakers_note(speakers_requested, len(doc["speakers"]))
+        if note:
+            doc["speakers_note"] = note
     if vad is not None:
         doc["vad"] = [vars(r).copy() for r in vad]
     if overlap is not None:
         doc["overlap"] = [vars(r).copy() for r in overlap]
+    if centroids is not None:
+        doc["centroids"] = centroids_document(centroids)
     return doc
+
+
+def speakers_note(requested: dict[str, int], found: int) -> str | None:
+    """Why a result has fewer speakers than asked for: the engine adds a speaker only for a voice unlike every
+    one it found, never by splitting a voice (README: Models, speaker counts)."""
+    wanted = requested.get("num_speakers") or requested.get("min_speakers")
+    if not wanted or found >= wanted or found == 0:
+        return None
+    return f"asked for {wanted} speakers; {found} distinct voice{'s' if found != 1 else ''} found"
+
+
+def centroids_document(centroids: Centroids) -> dict[str, Any]:
+    """``{"model", "dimension", "encoding", "speakers": {label: base64 of little-endian float32}}``."""
+    import numpy as np
+
+    vectors = {label: np.asarray(v, dtype="<f4") for label, v in centroids.vectors}
+    return {
+        "model": centroids.model,
+        "dimension": len(next(iter(vectors.values()))),
+        "encoding": CENTROID_ENCODING,
+        "speakers": {label: base64.b64encode(v.tobytes()).decode("ascii") for label, v in vectors.items()},
+    }
+
+
+def read_centroids(doc: dict[str, Any]) -> dict[str, Any]:
+    """A result document's centroids as ``{label: numpy float32 vector}`` (empty when it has none)."""
+    import numpy as np
+
+    block = doc.get("centroids")
+    if not block:
+        return {}
+    if block.get("encoding") != CENTROID_ENCODING:
+        raise ValueError(f"centroids.encoding: expected {CENTROID_ENCODING!r}, got {block.get('encoding')!r}")
+    return {k: np.frombuffer(base64.b64decode(v), dtype="<f4") for k, v in block["speakers"].items()}
 
 
 def validate_result(doc: Any) -> dict[str, Any]:
     """Check a parsed result document's shape; raises ``ValueError`` with the offending field."""
-    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
-        raise ValueError(f"not a {SCHEMA} document")
+    schema = doc.get("schema") if isinstance(doc, dict) else None
+    if not (isinstance(schema, str) and (schema == SCHEMA_MAJOR or schema.startswith(SCHEMA_MAJOR + "."))):
+        raise ValueError(f"not a {SCHEMA_MAJOR} document")
     for key, kind in (
         ("source", dict),
         ("task", str),
@@ -178,6 +223,10 @@ def validate_result(doc: Any) -> dict[str, Any]:
     for key in ("name", "relative_path", "sha256", "duration", "sample_rate"):
         if key not in doc["source"]:
             raise ValueError(f"field source.{key} missing")
+    if "centroids" in doc:
+        block = doc["centroids"]
+        if not (isinstance(block, dict) and isinstance(block.get("speakers"), dict) and "model" in block):
+            raise ValueError("field 'centroids' must hold model and speakers")
     for seg in doc["segments"] + doc["exclusive_segments"]:
         ok = isinstance(seg, dict) and {"start", "end", "speaker"} <= set(seg)
         numbers = ok and all(isinstance(seg[k], int | float) and not isinstance(seg[k], bool) for k in ("start", "end"))

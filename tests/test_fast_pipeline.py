@@ -8,10 +8,10 @@ import torch
 from pyannote.core import SlidingWindow, SlidingWindowFeature
 
 from diarist.handlers.audio import decode, to_float
+from diarist.handlers.clustering import CannotLinkClustering
 from diarist.handlers.engine import LocalEngine
 from diarist.handlers.fast_pipeline import (
     LONG_FILE_SECONDS,
-    CappedAgglomerativeClustering,
     FastSpeakerDiarization,
     _BlockFrames,
     segmentation_step,
@@ -130,10 +130,10 @@ class TestChunkStep:
         assert p._segmentation.step == pytest.approx(1.0)
 
 
-class TestCappedClustering:
+class TestTrainingCap:
     def test_trains_on_an_even_subset_when_there_are_too_many(self):
         """Above the cap, the training set is evenly spread over the file, never more than the cap."""
-        clustering = CappedAgglomerativeClustering(metric="cosine")
+        clustering = CannotLinkClustering(metric="cosine")
         clustering.max_training = 50
         chunks, speakers = 400, 3
         embeddings = np.random.default_rng(0).normal(size=(chunks, speakers, 8)).astype(np.float32)
@@ -146,9 +146,24 @@ class TestCappedClustering:
         assert chunk_idx[0] == 0 and chunk_idx[-1] == chunks - 1
         assert np.all(np.diff(chunk_idx) > 0)
 
+    def test_chunks_are_kept_whole(self):
+        """Two people in every chunk: thinning keeps both embeddings of each chunk it keeps (together they
+        say "two different people"), and stays under the cap."""
+        clustering = CannotLinkClustering(metric="cosine")
+        clustering.max_training = 51
+        chunks = 400
+        embeddings = np.random.default_rng(1).normal(size=(chunks, 3, 8)).astype(np.float32)
+        segmentation = np.zeros((chunks, 100, 3), dtype=np.float32)
+        segmentation[:, :50, 0] = segmentation[:, 50:, 2] = 1.0
+        kept, chunk_idx, speaker_idx = clustering.filter_embeddings(
+            embeddings, SlidingWindowFeature(segmentation, SlidingWindow(duration=10.0, step=1.0))
+        )
+        assert 40 <= len(kept) <= 51 and set(speaker_idx) == {0, 2}
+        assert all(np.count_nonzero(chunk_idx == c) == 2 for c in np.unique(chunk_idx))
+
     def test_below_the_cap_nothing_changes(self):
         """Short files: every usable embedding trains the clustering, as in stock."""
-        clustering = CappedAgglomerativeClustering(metric="cosine")
+        clustering = CannotLinkClustering(metric="cosine")
         embeddings = np.ones((20, 3, 8), dtype=np.float32)
         segmentation = np.zeros((20, 100, 3), dtype=np.float32)
         segmentation[:, :, 1] = 1.0

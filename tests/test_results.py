@@ -16,6 +16,7 @@ from diarist.handlers.engine import Region, Segment
 from diarist.handlers.results import (
     FILE_MODE,
     SCHEMA,
+    SCHEMA_MAJOR,
     OutputPaths,
     SourceFacts,
     atomic_write,
@@ -199,7 +200,7 @@ def broken(change: Any) -> dict[str, Any]:
 
 
 BROKEN_DOCS: list[tuple[str, Any, str]] = [
-    ("wrong schema", lambda d: d.update(schema="other/1"), SCHEMA),
+    ("wrong schema", lambda d: d.update(schema="other/1"), SCHEMA_MAJOR),
     ("missing source", lambda d: d.pop("source"), "'source'"),
     ("task not a string", lambda d: d.update(task=1), "'task'"),
     ("engine not a dict", lambda d: d.update(engine=[]), "'engine'"),
