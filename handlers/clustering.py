@@ -158,7 +158,7 @@ class CannotLinkClustering(BaseClustering):
         while labels.max() + 1 > max_clusters:  # too many speakers: the one heard least joins its closest
             sizes = np.bincount(labels)
             smallest = int(np.argmin(sizes))
-            c = unit(np.stack([x[labels == k].mean(axis=0) for k in range(len(sizes))]))
+            c = centroids_of(x, labels)
             similarity = c @ c[smallest]
             similarity[smallest] = -np.inf
             labels[labels == smallest] = int(np.argmax(similarity))
@@ -186,7 +186,7 @@ class CannotLinkClustering(BaseClustering):
             interleaved = near_frac >= NEAR_FRACTION
             # centroids of large clusters are steady: a voice splits into two only where there is little of it
             interleaved &= smaller <= SPLIT_MAX_SIZE
-            c = unit(np.stack([x[labels == i].mean(axis=0) for i in range(k)]))
+            c = centroids_of(x, labels)
             distance = np.sqrt(np.clip(2.0 - 2.0 * c @ c.T, 0.0, None))
             limit = np.where(~shared & interleaved, SAME_SPEAKER_DISTANCE, self.threshold)
             candidates = np.where(distance < limit, distance, np.inf)
@@ -199,6 +199,12 @@ class CannotLinkClustering(BaseClustering):
         return labels
 
 
+def centroids_of(x: np.ndarray, labels: np.ndarray, which: Any = None) -> np.ndarray:
+    """Unit-length mean of each cluster's vectors (clusters ``which``, default all 0..max), one row each."""
+    which = range(labels.max() + 1) if which is None else which
+    return unit(np.stack([x[labels == k].mean(axis=0) for k in which]))
+
+
 def absorb_small(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray:
     """Clusters smaller than ``min_size`` join the closest large one (pyannote's rule), unless they hold at
     least ``DISTINCT_MIN_SIZE`` embeddings and are unlike every large one (farther than
@@ -207,7 +213,7 @@ def absorb_small(x: np.ndarray, labels: np.ndarray, min_size: int) -> np.ndarray
     large = found[counts >= min_size]
     if len(large) == 0:
         return np.zeros_like(labels)
-    centroids = unit(np.stack([x[labels == k].mean(axis=0) for k in large]))
+    centroids = centroids_of(x, labels, large)
     out = labels.copy()
     for k, count in zip(found, counts, strict=True):
         if count >= min_size:
