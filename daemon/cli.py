@@ -25,22 +25,6 @@ from diarist.policies.flavor import Task
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
-def _engine(settings: cfg.Settings) -> Any:
-    from diarist.handlers.engine import LocalEngine
-
-    m = settings.models
-    return LocalEngine(
-        pipeline=m.pipeline,
-        device=m.device,
-        clustering_threshold=m.clustering_threshold,
-        segmentation_batch_size=m.segmentation_batch_size,
-        embedding_batch_size=m.embedding_batch_size,
-        token=settings.hf_token,
-        telemetry=settings.daemon.telemetry,
-        fast=m.fast,
-    )
-
-
 def _settings(args: argparse.Namespace) -> cfg.Settings:
     settings = cfg.load_settings(args.config)
     daemon = settings.daemon
@@ -70,6 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from diarist.daemon.notify import Notifier
     from diarist.daemon.service import Daemon
     from diarist.daemon.supervisor import Supervisor
+    from diarist.daemon.worker import build_engine
 
     settings = _settings(args)
     configure_logs(settings.daemon.log_format, settings.daemon.log_level)
@@ -82,7 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=str(settings.source or "(no config file found)"),
             hint="add an [[inbox]] table with path and outbox, or pass --inbox DIR --outbox DIR",
         )
-    engine = _engine(settings)
+    engine = build_engine(settings)
     engine.load()
     log.info(
         "models_loaded",
@@ -117,70 +102,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- process ------------------------------------------------------------------------------------------
 
 
-def _progress_bar(name: str) -> Any:
-    width = 30
-    tty = sys.stderr.isatty()
-
-    def show(step: str, fraction: float) -> None:
-        if not tty:
-            return
-        filled = int(width * fraction)
-        sys.stderr.write(f"\r{name[:30]:30} [{'#' * filled}{'.' * (width - filled)}] {fraction:5.0%} {step:12}")
-        sys.stderr.flush()
-
-    return show
-
-
 def cmd_process(args: argparse.Namespace) -> int:
-    from diarist.handlers.intake import sha256_of
-    from diarist.handlers.local import diarize_file
-    from diarist.handlers.results import OutputPaths, write_result
+    """Local processing through the daemon's own local route, with a throwaway ledger (``process`` keeps
+    nothing: no reuse between runs, no state directory needed)."""
+    from diarist.daemon.ledger import Ledger
+    from diarist.daemon.oneshot import RunRequest, run_files
+    from diarist.policies.sidecar import FileRequest
 
     settings = _settings(args)
-    speakers = {
-        k: v
-        for k, v in (
-            ("num_speakers", args.num_speakers),
-            ("min_speakers", args.min_speakers),
-            ("max_speakers", args.max_speakers),
+    configure_logs(settings.daemon.log_format, "error")  # stdout is for results; what went wrong goes to stderr
+    request = FileRequest(
+        task=Task(args.task),
+        num_speakers=args.num_speakers,
+        min_speakers=args.min_speakers,
+        max_speakers=args.max_speakers,
+    )
+    with tempfile.TemporaryDirectory(prefix="diarist-process-") as state:
+        return run_files(
+            settings,
+            args.files,
+            RunRequest(request, local_reason="diarist process runs on this machine"),
+            ledger=Ledger(Path(state) / "ledger.db"),
+            out=args.out,
+            progress=True,
         )
-        if v is not None
-    }
-    engine = _engine(settings)
-    failures = 0
-    for path in args.files:
-        if not path.is_file():
-            print(f"diarist: {path}: no such file", file=sys.stderr)
-            failures += 1
-            continue
-        out_dir = (args.out or path.parent).resolve()
-        try:
-            doc = diarize_file(
-                path,
-                engine=engine,
-                name=path.name,
-                relative_path=path.name,
-                sha256=sha256_of(path),
-                task=Task(args.task),
-                speakers=speakers,
-                route={"decision": "local", "reason": "diarist process runs on this machine"},
-                progress=_progress_bar(path.name),
-            )
-            paths = OutputPaths.for_input(out_dir, path.name)
-            write_result(paths, doc)
-        except ModelError:
-            raise
-        except DiaristError as e:
-            print(f"\ndiarist: {path}: {e}", file=sys.stderr)
-            failures += 1
-            continue
-        if sys.stderr.isatty():
-            sys.stderr.write("\n")
-        print(
-            f"{path} -> {paths.rttm} ({len(doc['speakers'])} speakers, "
-            f"{doc['source']['duration']:.1f} s audio in {doc['timings']['total_seconds']:.1f} s)"
-        )
-    return EXIT_FAILED if failures else EXIT_OK
 
 
 # -- status -------------------------------------------------------------------------------------------
@@ -220,10 +165,10 @@ def _cloud_check(settings: cfg.Settings) -> tuple[bool, str, str]:
         return True, "cloud", "off ([cloud] enabled = false / HF_JOBS_ENABLED=false)"
     if not settings.hf_token:
         return True, "cloud", "off: no HF_TOKEN (files are processed locally)"
-    from diarist.daemon.cli_cloud import _hub
+    from diarist.daemon.cloud import connect_hub
 
     try:
-        hub = _hub(settings)
+        hub = connect_hub(c, settings.hf_token)
     except DiaristError as e:
         return False, "cloud", str(e)
     return (

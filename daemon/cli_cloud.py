@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from diarist.daemon import config as cfg
+from diarist.daemon.ledger import ONESHOT_PREFIX, JobState
 from diarist.handlers.cloud_submit import label_value
 from diarist.handlers.errors import ConfigError, DiaristError
 from diarist.policies.budget import settle_cost
 from diarist.policies.flavor import Priority
+from diarist.policies.jobs import ALIVE, JobStage
 from diarist.policies.pricing import FALLBACK_PRICES, format_usd
 from diarist.policies.sidecar import FLAVOR_PATTERN, SIDECAR_SUFFIX
 
@@ -29,12 +31,6 @@ ALIVE_SECONDS = 15.0
 def _hub(settings: cfg.Settings) -> Any:
     from diarist.daemon.cloud import connect_hub
 
-    if not settings.hf_token:
-        raise ConfigError(
-            "HF_TOKEN is not set",
-            hint="export HF_TOKEN=hf_... (a token with write access and the Jobs permission, "
-            "from https://huggingface.co/settings/tokens)",
-        )
     return connect_hub(settings.cloud, settings.hf_token)
 
 
@@ -57,12 +53,10 @@ def _age(seconds: float) -> str:
 
 
 def _file_user(settings: cfg.Settings, row: Any) -> str | None:
-    if row.params:
-        user = json.loads(row.params).get("user")
-        if user:
-            return str(user)
+    from diarist.policies.request import InboxDefaults, question
+
     inbox = next((i for i in settings.inboxes if str(i.path) == row.inbox), None)
-    return inbox.user if inbox else None
+    return question(row.request(), inbox.defaults() if inbox else InboxDefaults()).user
 
 
 def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
@@ -86,7 +80,7 @@ def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
         if args.user and not any(_file_user(settings, f) == args.user for f in files):
             continue
         stage, running = job.stage or job.state.value, job.running_seconds
-        if hub is not None and job.job_id and job.state.value == "in-flight":
+        if hub is not None and job.job_id and job.state is JobState.IN_FLIGHT:
             try:
                 snap = hub.inspect(job.job_id)
                 stage, running = snap.stage, snap.running_seconds
@@ -120,7 +114,7 @@ def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
         print(f"{r['job_id']}  {r['stage']:<10} {r['flavor']:<11} {_age(r['age_seconds']):>6}  {cost:>7}  {files}")
         if r["url"]:
             print(f"    {r['url']}")
-        if r["message"] and r["stage"] not in ("RUNNING", "SCHEDULING", "COMPLETED"):
+        if r["message"] and r["stage"] not in (*ALIVE, JobStage.COMPLETED):
             print(f"    {r['message']}")
     return EXIT_OK
 
@@ -136,7 +130,7 @@ def _orphans(settings: cfg.Settings, *, cancel: bool, all_hosts: bool) -> int:
         print(f"no orphaned diarist jobs in {hub.namespace}{where}")
         return EXIT_OK
     for job in orphans:
-        alive = job.stage in ("SCHEDULING", "RUNNING")
+        alive = job.stage in ALIVE
         print(f"{job.job_id}  {job.stage:<10} host={job.labels.get('host', '?')}  batch={job.labels.get('batch', '?')}")
         print(f"    {job.url}")
         if cancel and alive:
@@ -207,6 +201,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         request["flavor"] = args.flavor
     if args.priority:
         request["priority"] = args.priority
+    if args.user:
+        request["user"] = args.user
     return request
 
 
@@ -219,7 +215,8 @@ def cmd_submit(settings: cfg.Settings, args: argparse.Namespace) -> int:
         return EXIT_FAILED
     inbox = _target_inbox(settings, args.inbox)
     ledger = _ledger(settings)
-    alive = ledger.live_hosts(ALIVE_SECONDS) if ledger else []
+    # daemons only: a ``diarist submit`` run beats in the same table while it waits for its jobs
+    alive = [h for h in ledger.live_hosts(ALIVE_SECONDS) if not h["host"].startswith(ONESHOT_PREFIX)] if ledger else []
     if inbox is not None and (alive or args.inbox):
         for path in args.files:
             dest = _queue_into(inbox.path, path, request)
@@ -227,9 +224,25 @@ def cmd_submit(settings: cfg.Settings, args: argparse.Namespace) -> int:
         who = ", ".join(h["host"] for h in alive) or "no daemon is running now; the next one to start"
         print(f"the daemon ({who}) picks them up; results land in {inbox.outbox} (diarist status, diarist jobs)")
         return EXIT_OK
-    from diarist.daemon.oneshot import run_once
+    from diarist.daemon.logs import configure as configure_logs
+    from diarist.daemon.oneshot import RunRequest, run_files
+    from diarist.policies.sidecar import SidecarError, parse_sidecar
 
-    return run_once(settings, args.files, request, out=args.out)
+    try:
+        asked = parse_sidecar(request)
+    except SidecarError as e:
+        raise ConfigError(f"diarist submit: {e}") from None
+    if args.cloud and not settings.hf_token:
+        _hub(settings)  # says how to set one (exit 2), as it always has
+    configure_logs(settings.daemon.log_format, "error")  # stdout is for results; what went wrong goes to stderr
+    local = "diarist submit --local" if args.local else None
+    return run_files(settings, args.files, RunRequest(asked, local), ledger=_open_ledger(settings), out=args.out)
+
+
+def _open_ledger(settings: cfg.Settings) -> Any:
+    from diarist.daemon.ledger import Ledger
+
+    return Ledger(settings.daemon.ledger)
 
 
 def _target_inbox(settings: cfg.Settings, wanted: Path | None) -> cfg.InboxSettings | None:
@@ -306,6 +319,7 @@ def add_commands(sub: Any, common: Any, wrap: Any) -> None:
     where.add_argument("--local", action="store_true", help="force processing on this machine")
     submit.add_argument("--flavor", help="Jobs hardware flavor, e.g. a10g-small, t4-small")
     submit.add_argument("--priority", choices=[p.value for p in Priority])
+    submit.add_argument("--user", help="whose budget pays for cloud jobs (the per-user cost_limit applies)")
     submit.add_argument("--inbox", type=Path, help="queue into this configured inbox (default: the first one)")
     submit.add_argument("--out", type=Path, help="without a daemon: results folder (default: beside each input)")
     submit.set_defaults(func=wrap(cmd_submit))

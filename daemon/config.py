@@ -6,6 +6,7 @@ Every problem is a ``ConfigError`` that names the file and the key (the CLI exit
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import socket
@@ -18,8 +19,10 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from diarist.handlers.engine_settings import EngineSettings
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
+from diarist.policies.request import InboxDefaults
 from diarist.policies.route import RouteSetting
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/diarist/diarist.toml"), Path("diarist.toml"))
@@ -57,6 +60,10 @@ class InboxSettings:
     user: str | None = None
     route: RouteSetting = RouteSetting.AUTO
 
+    def defaults(self) -> InboxDefaults:
+        """What this inbox asks of a file whose sidecar does not say (``policies.request.question``)."""
+        return InboxDefaults(task=self.task, speakers=self.speakers.as_kwargs(), user=self.user)
+
 
 @dataclass(frozen=True)
 class ModelSettings:
@@ -69,6 +76,21 @@ class ModelSettings:
     embedding_batch_size: int = 32
     #: the bundled pipeline's faster embedding step (handlers/fast_pipeline.py); false: pyannote's own
     fast: bool = True
+
+    def engine(self) -> EngineSettings:
+        return EngineSettings(
+            pipeline=self.pipeline,
+            device=self.device,
+            clustering_threshold=self.clustering_threshold,
+            segmentation_batch_size=self.segmentation_batch_size,
+            embedding_batch_size=self.embedding_batch_size,
+            fast=self.fast,
+        )
+
+    def for_cloud(self) -> EngineSettings:
+        """What a cloud job loads: these settings on the job's device ("auto" picks its GPU; a daemon pinned
+        to cpu here still wants the cloud GPU)."""
+        return dataclasses.replace(self.engine(), device="auto")
 
 
 @dataclass(frozen=True)

@@ -21,51 +21,28 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
-from enum import Enum
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlite_utils
 
+from diarist.daemon.ledger_jobs import OPEN_JOB_STATES, JobBook, JobRow, JobState, PendingCleanup
+from diarist.daemon.ledger_schema import State, create_schema, placeholders, row_to
 from diarist.handlers.errors import TransientError
-from diarist.policies.budget import (
-    ZERO_USD,
-    BudgetCaps,
-    BudgetDecision,
-    BudgetTotals,
-    PeriodTotal,
-    check_budget,
-    period_bounds,
-)
-from diarist.policies.pricing import usd
+from diarist.policies.request import request_of
+from diarist.policies.sidecar import FileRequest
 
+__all__ = ["ONESHOT_PREFIX", "OPEN_JOB_STATES", "FileRow", "JobRow", "JobState", "Ledger", "PendingCleanup", "State"]
 
-class State(str, Enum):
-    DISCOVERED = "discovered"
-    STABLE = "stable"
-    CLAIMED = "claimed"
-    RUNNING = "running"
-    QUEUED = "queued"
-    SUBMITTED = "submitted"
-    DONE = "done"
-    FAILED = "failed"
-    #: given back to the inbox unfinished (stop timeout, or another host took the claim over)
-    RELEASED = "released"
-
+#: runs without a daemon (``diarist process``/``submit``) record their files under an inbox key with this
+#: prefix, which no configured inbox has; the daemon leaves those rows to the run that owns them
+ONESHOT_PREFIX = "(run "
 
 ACTIVE_STATES = (State.CLAIMED.value, State.RUNNING.value)
-# Columns added with the cloud route; older ledgers get them on open.
-_FILE_COLUMNS_V2: dict[str, type] = {
-    "duration": float,
-    "flavor": str,
-    "batch_id": str,
-    "fallback": str,
-    "queued_at": float,
-    "out_name": str,
-}
+#: between a claim decision and done/failed
+UNFINISHED_STATES = tuple(s.value for s in (State.STABLE, State.CLAIMED, State.RUNNING, State.QUEUED, State.SUBMITTED))
+#: not claimed yet: a rescan or a restart finds the same row again
+UNCLAIMED_STATES = (State.DISCOVERED.value, State.STABLE.value)
 
 
 @dataclass(frozen=True)
@@ -96,85 +73,22 @@ class FileRow:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRow:
-        return cls(
-            id=row["id"],
-            inbox=row["inbox"],
-            rel_path=row["rel_path"],
-            state=State(row["state"]),
-            sha256=row["sha256"],
-            size=row["size"],
-            claim_path=row["claim_path"],
-            result_key=row["result_key"],
-            reused_from=row["reused_from"],
-            inference_runs=row["inference_runs"],
-            error=row["error"],
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            route=row.get("route"),
-            route_reason=row.get("route_reason"),
-            params=row.get("params"),
-            duration=row.get("duration"),
-            flavor=row.get("flavor"),
-            batch_id=row.get("batch_id"),
-            fallback=row.get("fallback"),
-            queued_at=row.get("queued_at"),
-            out_name=row.get("out_name"),
-        )
+        return row_to(cls, row, state=State(row["state"]))
+
+    def request(self) -> FileRequest:
+        """What its sidecar asked for (an empty request when it had none)."""
+        return request_of(self.params)
 
 
-class JobState(str, Enum):
-    SUBMITTING = "submitting"  # row written, job not (known to be) started yet
-    IN_FLIGHT = "in-flight"
-    COLLECTED = "collected"
-    FAILED = "failed"
-
-
-OPEN_JOB_STATES = (JobState.SUBMITTING.value, JobState.IN_FLIGHT.value)
-
-
-@dataclass(frozen=True)
-class JobRow:
-    batch_id: str
-    job_id: str | None
-    state: JobState
-    namespace: str
-    repo: str
-    flavor: str
-    stage: str | None
-    url: str | None
-    host: str | None
-    timeout_seconds: int
-    created_at: float
-    submitted_at: float | None
-    deadline_at: float | None
-    finished_at: float | None
-    running_seconds: float | None
-    est_usd: str | None
-    reserve_usd: str | None
-    cost_usd: str | None
-    message: str | None
-    cancel_requested: str | None
-    staged: str | None
-    audio_seconds: float | None
-    user: str | None = None
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> JobRow:
-        names = cls.__dataclass_fields__
-        values = {k: row.get(k) for k in names}
-        values["state"] = JobState(row["state"])
-        return cls(**values)
-
-
-class Ledger:
+class Ledger(JobBook):
     """Thread-safe access to the ledger file (one SQLite connection per thread, WAL journal)."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
         self.path = path
-        self._clock = clock
+        self.clock = clock
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._create_schema()
+        create_schema(self.db)
 
     @property
     def db(self) -> sqlite_utils.Database:
@@ -207,100 +121,20 @@ class Ledger:
             raise
         db.execute("COMMIT")
 
-    def _create_schema(self) -> None:
-        db = self.db
-        db.enable_wal()
-        if "files" not in db.table_names():
-            db["files"].create(
-                {
-                    "id": int,
-                    "inbox": str,
-                    "rel_path": str,
-                    "state": str,
-                    "sha256": str,
-                    "size": int,
-                    "claim_path": str,
-                    "result_key": str,
-                    "reused_from": int,
-                    "inference_runs": int,
-                    "error": str,
-                    "task": str,
-                    "params": str,
-                    "route": str,
-                    "route_reason": str,
-                    "kept_signature": str,
-                    "created_at": float,
-                    "updated_at": float,
-                    **_FILE_COLUMNS_V2,
-                },
-                pk="id",
-                not_null={"inbox", "rel_path", "state"},
-                defaults={"inference_runs": 0},
-            )
-            db["files"].create_index(["state"])
-            db["files"].create_index(["sha256"])
-            db["files"].create_index(["inbox", "rel_path"])
-        missing = {k: v for k, v in _FILE_COLUMNS_V2.items() if k not in db["files"].columns_dict}
-        for name, kind in missing.items():  # a ledger from before the cloud route
-            db["files"].add_column(name, kind)
-        if "jobs" not in db.table_names():
-            db["jobs"].create(
-                {
-                    "batch_id": str,
-                    "job_id": str,
-                    "state": str,
-                    "namespace": str,
-                    "repo": str,
-                    "flavor": str,
-                    "stage": str,
-                    "url": str,
-                    "host": str,
-                    "timeout_seconds": int,
-                    "created_at": float,
-                    "submitted_at": float,
-                    "deadline_at": float,
-                    "finished_at": float,
-                    "running_seconds": float,
-                    "est_usd": str,
-                    "reserve_usd": str,
-                    "cost_usd": str,
-                    "message": str,
-                    "cancel_requested": str,
-                    "staged": str,
-                    "audio_seconds": float,
-                    "user": str,
-                },
-                pk="batch_id",
-                not_null={"state", "namespace", "repo", "flavor"},
-            )
-            db["jobs"].create_index(["job_id"])
-            db["jobs"].create_index(["state"])
-        if "user" not in db["jobs"].columns_dict:
-            db["jobs"].add_column("user", str)
-        if "kv" not in db.table_names():
-            db["kv"].create({"key": str, "value": str, "updated_at": float}, pk="key")
-        if "hosts" not in db.table_names():
-            db["hosts"].create({"host": str, "pid": int, "started_at": float, "heartbeat_at": float}, pk="host")
-        if "events" not in db.table_names():
-            db["events"].create({"id": int, "file_id": int, "state": str, "at": float, "detail": str}, pk="id")
-            db["events"].create_index(["file_id"])
-        if "results" not in db.table_names():
-            db["results"].create({"key": str, "file_id": int, "sha256": str, "doc": str, "created_at": float}, pk="key")
-
     # -- transitions -------------------------------------------------------------------------------
 
-    def _event(self, db: sqlite_utils.Database, file_id: int, state: State, detail: str | None, now: float) -> None:
+    def add_event(self, db: sqlite_utils.Database, file_id: int, state: State, detail: str | None, now: float) -> None:
         db["events"].insert({"file_id": file_id, "state": state.value, "at": now, "detail": detail})
 
     def discover(self, inbox: str, rel_path: str) -> int:
         """Row for a candidate file; reuses an unclaimed row for the same path (rescans, restarts)."""
-        now = self._clock()
+        now = self.clock()
         with self.transaction() as db:
             row = next(
                 db.query(
-                    "select id from files where inbox = ? and rel_path = ? and state in ('discovered', 'stable') "
-                    "order by id desc limit 1",
-                    [inbox, rel_path],
+                    "select id from files where inbox = ? and rel_path = ? "
+                    f"and state in ({placeholders(UNCLAIMED_STATES)}) order by id desc limit 1",
+                    [inbox, rel_path, *UNCLAIMED_STATES],
                 ),
                 None,
             )
@@ -319,25 +153,25 @@ class Ledger:
                 )
                 .last_pk
             )
-            self._event(db, file_id, State.DISCOVERED, None, now)
+            self.add_event(db, file_id, State.DISCOVERED, None, now)
             return int(file_id)
 
     def transition(self, file_id: int, state: State, *, detail: str | None = None, **fields: Any) -> None:
-        now = self._clock()
+        now = self.clock()
         with self.transaction() as db:
             updates = {"state": state.value, "updated_at": now, **fields}
             if state is State.RUNNING:
                 db.execute("update files set inference_runs = inference_runs + 1 where id = ?", [file_id])
             db["files"].update(file_id, updates)
-            self._event(db, file_id, state, detail, now)
+            self.add_event(db, file_id, state, detail, now)
 
     def set_fields(self, file_id: int, **fields: Any) -> None:
         with self.transaction() as db:
-            db["files"].update(file_id, {**fields, "updated_at": self._clock()})
+            db["files"].update(file_id, {**fields, "updated_at": self.clock()})
 
     def store_result(self, file_id: int, key: str, sha256: str, doc: dict[str, Any]) -> None:
         """Keep the result document before the outbox sees it (see module doc)."""
-        now = self._clock()
+        now = self.clock()
         with self.transaction() as db:
             db["results"].upsert(
                 {"key": key, "file_id": file_id, "sha256": sha256, "doc": json.dumps(doc), "created_at": now}, pk="key"
@@ -362,7 +196,7 @@ class Ledger:
     def active(self) -> list[FileRow]:
         """Claimed or running files, oldest claim first (routed or not)."""
         rows = self.db.query(
-            f"select * from files where state in ({','.join('?' * len(ACTIVE_STATES))}) order by updated_at, id",
+            f"select * from files where state in ({placeholders(ACTIVE_STATES)}) order by updated_at, id",
             list(ACTIVE_STATES),
         )
         return [FileRow.from_row(r) for r in rows]
@@ -370,114 +204,28 @@ class Ledger:
     def local_queue(self) -> list[FileRow]:
         """The local worker's queue: claimed files routed local (or reusing a result), and interrupted runs."""
         rows = self.db.query(
-            "select * from files where (state = 'claimed' and route is not null) or state = 'running' "
-            "order by updated_at, id"
+            "select * from files where (state = ? and route is not null) or state = ? order by updated_at, id",
+            [State.CLAIMED.value, State.RUNNING.value],
         )
         return [FileRow.from_row(r) for r in rows]
 
     def unfinished(self) -> list[FileRow]:
         """Every file between a claim decision and done/failed (stable, claimed, running, queued, submitted)."""
         rows = self.db.query(
-            "select * from files where state in ('stable', 'claimed', 'running', 'queued', 'submitted') order by id"
+            f"select * from files where state in ({placeholders(UNFINISHED_STATES)}) order by id",
+            list(UNFINISHED_STATES),
         )
         return [FileRow.from_row(r) for r in rows]
 
     def unrouted(self) -> list[FileRow]:
-        rows = self.db.query("select * from files where state = 'claimed' and route is null order by updated_at, id")
+        rows = self.db.query(
+            "select * from files where state = ? and route is null order by updated_at, id", [State.CLAIMED.value]
+        )
         return [FileRow.from_row(r) for r in rows]
 
     def in_state(self, state: State) -> list[FileRow]:
         rows = self.db.query("select * from files where state = ? order by coalesce(queued_at, 0), id", [state.value])
         return [FileRow.from_row(r) for r in rows]
-
-    # -- cloud jobs --------------------------------------------------------------------------------
-
-    def job_started(self, batch_id: str, **fields: Any) -> None:
-        """The Hub accepted the job: its files are now submitted."""
-        now = self._clock()
-        with self.transaction() as db:
-            db["jobs"].update(batch_id, {"state": JobState.IN_FLIGHT.value, **fields})
-            for row in db.query("select id from files where batch_id = ? and state = 'queued'", [batch_id]):
-                db["files"].update(row["id"], {"state": State.SUBMITTED.value, "updated_at": now})
-                self._event(db, row["id"], State.SUBMITTED, fields.get("job_id"), now)
-
-    def update_job(self, batch_id: str, **fields: Any) -> None:
-        with self.transaction() as db:
-            db["jobs"].update(batch_id, fields)
-
-    # -- budget: reserve at submit, settle (or release) when the job ends ---------------------------
-
-    def _totals(self, db: sqlite_utils.Database, now: float, tz: ZoneInfo, user: str | None) -> BudgetTotals:
-        """Spent (settled jobs) and reserved (open jobs) per period; a job counts in the period it was reserved."""
-        periods = period_bounds(datetime.fromtimestamp(now, UTC), tz)
-        day = (periods.day_start.timestamp(), periods.day_end.timestamp())
-        month = (periods.month_start.timestamp(), periods.month_end.timestamp())
-        sums = {k: [ZERO_USD, ZERO_USD] for k in ("day", "month", "user")}
-        in_flight = 0
-        rows = db.query(
-            "select state, created_at, reserve_usd, cost_usd, user from jobs where created_at >= ? or state in (?, ?)",
-            [min(day[0], month[0]), *OPEN_JOB_STATES],
-        )
-        for r in rows:
-            is_open = r["state"] in OPEN_JOB_STATES
-            in_flight += is_open
-            amount = usd(r["reserve_usd"] or 0) if is_open else usd(r["cost_usd"] or 0)
-            slot = 1 if is_open else 0
-            for name, (start, end) in (("day", day), ("month", month)):
-                if start <= r["created_at"] < end:
-                    sums[name][slot] += amount
-                    if name == "month" and user is not None and r["user"] == user:
-                        sums["user"][slot] += amount
-        return BudgetTotals(
-            day=PeriodTotal(*sums["day"]),
-            month=PeriodTotal(*sums["month"]),
-            user_month=PeriodTotal(*sums["user"]),
-            jobs_in_flight=in_flight,
-        )
-
-    def budget_totals(self, tz: ZoneInfo, user: str | None = None) -> BudgetTotals:
-        return self._totals(self.db, self._clock(), tz, user)
-
-    def reserve_job(
-        self,
-        batch_id: str,
-        file_ids: list[int],
-        *,
-        caps: BudgetCaps,
-        reserve_usd: Decimal,
-        tz: ZoneInfo,
-        user: str | None = None,
-        **fields: Any,
-    ) -> BudgetDecision:
-        """Check the caps and record the batch in one write transaction, so two submitters (threads or
-        processes) can never both fit into the same headroom. Nothing is written when the check refuses."""
-        now = self._clock()
-        with self.transaction() as db:
-            decision = check_budget(caps, self._totals(db, now, tz, user), reserve_usd)
-            if not decision.allowed:
-                return decision
-            db["jobs"].insert(
-                {
-                    "batch_id": batch_id,
-                    "state": JobState.SUBMITTING.value,
-                    "created_at": now,
-                    "reserve_usd": str(reserve_usd),
-                    "user": user,
-                    **fields,
-                }
-            )
-            for file_id in file_ids:
-                db["files"].update(file_id, {"batch_id": batch_id, "updated_at": now})
-        return decision
-
-    def settle_job(self, batch_id: str, *, state: JobState, cost_usd: Decimal | None, **fields: Any) -> None:
-        """Close a job: its reservation is released and what it really cost (nothing if it never ran) is spent."""
-        assert state not in (JobState.SUBMITTING, JobState.IN_FLIGHT)
-        with self.transaction() as db:
-            db["jobs"].update(
-                batch_id,
-                {"state": state.value, "cost_usd": str(cost_usd if cost_usd is not None else ZERO_USD), **fields},
-            )
 
     def get_value(self, key: str) -> tuple[Any, float] | None:
         row = next(self.db.query("select value, updated_at from kv where key = ?", [key]), None)
@@ -485,26 +233,7 @@ class Ledger:
 
     def set_value(self, key: str, value: Any) -> None:
         with self.transaction() as db:
-            db["kv"].upsert({"key": key, "value": json.dumps(value), "updated_at": self._clock()}, pk="key")
-
-    def job(self, batch_id: str) -> JobRow:
-        return JobRow.from_row(self.db["jobs"].get(batch_id))
-
-    def job_by_hub_id(self, job_id: str) -> JobRow | None:
-        row = next(self.db.query("select * from jobs where job_id = ? or batch_id = ?", [job_id, job_id]), None)
-        return JobRow.from_row(row) if row else None
-
-    def open_jobs(self) -> list[JobRow]:
-        rows = self.db.query(
-            f"select * from jobs where state in ({','.join('?' * len(OPEN_JOB_STATES))}) order by created_at",
-            list(OPEN_JOB_STATES),
-        )
-        return [JobRow.from_row(r) for r in rows]
-
-    def jobs(self, *, include_closed: bool = True, limit: int = 100) -> list[JobRow]:
-        where = "" if include_closed else f"where state in ({','.join(repr(s) for s in OPEN_JOB_STATES)})"
-        rows = self.db.query(f"select * from jobs {where} order by created_at desc limit ?", [limit])
-        return [JobRow.from_row(r) for r in rows]
+            db["kv"].upsert({"key": key, "value": json.dumps(value), "updated_at": self.clock()}, pk="key")
 
     def job_files(self, batch_id: str) -> list[FileRow]:
         rows = self.db.query("select * from files where batch_id = ? order by id", [batch_id])
@@ -514,14 +243,11 @@ class Ledger:
         """A running daemon says so (the CLI queues through it when it is alive)."""
         with self.transaction() as db:
             db["hosts"].upsert(
-                {"host": host, "pid": pid, "started_at": started_at, "heartbeat_at": self._clock()}, pk="host"
+                {"host": host, "pid": pid, "started_at": started_at, "heartbeat_at": self.clock()}, pk="host"
             )
 
     def live_hosts(self, within: float) -> list[dict[str, Any]]:
-        return list(self.db.query("select * from hosts where heartbeat_at >= ?", [self._clock() - within]))
-
-    def known_job_ids(self) -> set[str]:
-        return {r["job_id"] for r in self.db.query("select job_id from jobs where job_id is not null")}
+        return list(self.db.query("select * from hosts where heartbeat_at >= ?", [self.clock() - within]))
 
     def by_claim_path(self, claim_path: str) -> FileRow | None:
         row = next(
@@ -533,16 +259,15 @@ class Ledger:
         """True when this exact file (size + mtime) was processed and left in place (``on_success = "keep"``)."""
         row = next(
             self.db.query(
-                "select 1 from files where inbox = ? and rel_path = ? and state = 'done' "
-                "and kept_signature = ? limit 1",
-                [inbox, rel_path, signature],
+                "select 1 from files where inbox = ? and rel_path = ? and state = ? and kept_signature = ? limit 1",
+                [inbox, rel_path, State.DONE.value, signature],
             ),
             None,
         )
         return row is not None
 
     def pending_stable(self) -> list[FileRow]:
-        rows = self.db.query("select * from files where state = 'stable' and claim_path is not null")
+        rows = self.db.query("select * from files where state = ? and claim_path is not null", [State.STABLE.value])
         return [FileRow.from_row(r) for r in rows]
 
     def recent(self, limit: int = 20) -> list[dict[str, Any]]:

@@ -1,17 +1,18 @@
 """How a file's stay ends, as seen on the share: results written and the input moved on, a failure explained,
 an unfinished file given back, and the status sidecar that says what is going on meanwhile.
 
-Shared by the local worker, the cloud callbacks and the lease loop, so every route ends the same way.
+Shared by the local worker, the cloud route, the intake and the lease loop, so every route ends the same way.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -21,7 +22,7 @@ from diarist.daemon.ledger import FileRow, Ledger, State
 from diarist.handlers import intake
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.engine import LOCAL_BACKEND
-from diarist.handlers.errors import DiaristError
+from diarist.handlers.errors import DiaristError, TransientError
 from diarist.handlers.outbox import reserve_stem
 from diarist.handlers.results import (
     OutputPaths,
@@ -65,15 +66,61 @@ def stem_of(row: FileRow) -> str:
     return row.out_name or output_stem(row.rel_path)
 
 
-class Outcomes:
-    """Writes what people on the share see; ``wall`` stamps the documents (injected for tests)."""
+class FileOutcomes(Protocol):
+    """How a file's stay ends: what the local worker and the cloud route report to. The daemon's
+    ``Outcomes`` writes to the share; ``diarist submit`` without a daemon writes beside the inputs."""
 
-    def __init__(self, ledger: Ledger, host: str, wall: Callable[[], float]):
+    def finish(self, row: FileRow, doc: dict[str, Any]) -> None: ...
+
+    def fail(self, row: FileRow, error: DiaristError, details: dict[str, Any] | None = None) -> None: ...
+
+    def fall_back(self, row: FileRow, reason: str, info: dict[str, Any]) -> None: ...
+
+    def release(self, row: FileRow, reason: str) -> None: ...
+
+    def status(
+        self,
+        row: FileRow,
+        state: str,
+        *,
+        progress: float | None = None,
+        step: str | None = None,
+        note: str | None = None,
+        engine: str = LOCAL_BACKEND,
+    ) -> None: ...
+
+
+class Outcomes:
+    """Writes what people on the share see; ``wall`` stamps the documents (injected for tests). Log lines
+    carry the file's context bound by the caller (``structlog.contextvars``)."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        host: str,
+        wall: Callable[[], float],
+        inboxes: Mapping[str, InboxSettings],
+        wake: threading.Event | None = None,
+    ):
         self.ledger = ledger
         self._host = host
         self._wall = wall
+        self._inboxes = inboxes
+        #: set when a file is handed (back) to the local worker
+        self._wake = wake or threading.Event()
 
-    def finish(self, row: FileRow, inbox: InboxSettings, claimed: Path, doc: dict[str, Any], bound: Any) -> None:
+    def inbox_of(self, row: FileRow) -> InboxSettings:
+        inbox = self._inboxes.get(row.inbox)
+        if inbox is None:  # keeps the file (and a cloud job's results on the Hub) until it is configured again
+            raise TransientError(
+                f"{row.rel_path} belongs to inbox {row.inbox}, which is no longer configured",
+                hint="add the inbox back to the configuration to receive its results",
+            )
+        return inbox
+
+    def finish(self, row: FileRow, doc: dict[str, Any]) -> None:
+        inbox = self.inbox_of(row)
+        claimed = Path(row.claim_path or "")
         paths = OutputPaths.for_stem(inbox.outbox, stem_of(row))
         write_result(paths, doc)
         crash_point("result_written")
@@ -96,22 +143,16 @@ class Outcomes:
             self.ledger.set_fields(row.id, kept_signature=signature(target))
         crash_point("archived")
         self.ledger.transition(row.id, State.DONE, detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}))
-        bound.info(
+        log.info(
             "done",
             speakers=len(doc["speakers"]),
             seconds=doc["timings"].get("total_seconds"),
             reused=bool(doc.get("reused")),
         )
 
-    def fail(
-        self,
-        row: FileRow,
-        inbox: InboxSettings,
-        claimed: Path,
-        error: DiaristError,
-        bound: Any,
-        details: dict[str, Any] | None = None,
-    ) -> None:
+    def fail(self, row: FileRow, error: DiaristError, details: dict[str, Any] | None = None) -> None:
+        inbox = self.inbox_of(row)
+        claimed = Path(row.claim_path or "")
         moved = intake.move_aside(claimed, inbox.path, "failed", row.rel_path) if claimed.is_file() else None
         if moved:
             follow(claimed, moved)
@@ -132,11 +173,20 @@ class Outcomes:
             atomic_write(paths.error, dumps(doc))
             remove_quietly(paths.status)
         except OSError as e:  # outbox not writable or full: the explanation beside the failed file must do
-            bound.warning("error_document_not_written", path=str(paths.error), error=str(e))
+            log.warning("error_document_not_written", path=str(paths.error), error=str(e))
         self.ledger.transition(row.id, State.FAILED, error=str(error))
-        bound.warning("failed", error=str(error), moved_to=str(moved))
+        log.warning("failed", error=str(error), moved_to=str(moved))
 
-    def refuse(self, inbox: InboxSettings, claimed: Path, rel: str, error: DiaristError, bound: Any) -> None:
+    def fall_back(self, row: FileRow, reason: str, info: dict[str, Any]) -> None:
+        """A cloud-bound file goes to the local worker after all (the reason says why)."""
+        self.ledger.transition(
+            row.id, State.CLAIMED, route="local", route_reason=reason, fallback=json.dumps(info), detail=reason
+        )
+        self.status(row, "queued", note=reason)
+        log.warning("fallback", file=row.rel_path, reason=reason)
+        self._wake.set()
+
+    def refuse(self, inbox: InboxSettings, claimed: Path, rel: str, error: DiaristError) -> None:
         """An entry diarist will not read (a symlink, a name that is not text), claimed by this host: into
         failed/ as it is, explained beside it and in the outbox, and a failed ledger row under its printable
         name so that ``diarist status`` lists it too."""
@@ -154,15 +204,17 @@ class Outcomes:
         atomic_write(intake.beside(moved, ".error.json"), dumps(doc))
         file_id = self.ledger.discover(str(inbox.path), shown)
         self.ledger.transition(file_id, State.FAILED, error=str(error))
-        bound.warning("refused", error=str(error), moved_to=printable(str(moved)))
+        log.warning("refused", error=str(error), moved_to=printable(str(moved)))
 
-    def release(self, row: FileRow, inbox: InboxSettings, claimed: Path, reason: str, bound: Any) -> None:
+    def release(self, row: FileRow, reason: str) -> None:
         """Give an unfinished file back: into the inbox (with its sidecar), where the next start takes it."""
+        inbox = self.inbox_of(row)
+        claimed = Path(row.claim_path or "")
         back = intake.move_no_clobber(claimed, inbox.path / row.rel_path)
         follow(claimed, back, intake.move_no_clobber)
         self.ledger.transition(row.id, State.RELEASED, detail=json.dumps({"moved_to": str(back), "reason": reason}))
-        self.status(inbox, row, "waiting", progress=None, step=None, note=f"{reason}; it is back in the inbox")
-        bound.warning("released", reason=reason, moved_to=str(back))
+        self.status(row, "waiting", note=f"{reason}; it is back in the inbox")
+        log.warning("released", reason=reason, moved_to=str(back))
 
     def note_reclaimed(self, taken: Reclaimed) -> None:
         """The dead host's status sidecar said "running there": say what happens now instead."""
@@ -179,15 +231,17 @@ class Outcomes:
 
     def status(
         self,
-        inbox: InboxSettings,
         row: FileRow,
         state: str,
         *,
-        progress: float | None,
-        step: str | None,
+        progress: float | None = None,
+        step: str | None = None,
         note: str | None = None,
         engine: str = LOCAL_BACKEND,
     ) -> None:
+        inbox = self._inboxes.get(row.inbox)
+        if inbox is None:
+            return
         path = OutputPaths.for_stem(inbox.outbox, stem_of(row)).status
         self._write_status(path, row.rel_path, state, progress=progress, step=step, note=note, engine=engine)
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from diarist.daemon.ledger import OPEN_JOB_STATES, Ledger
+from diarist.daemon.ledger import OPEN_JOB_STATES, Ledger, State
 from diarist.policies.budget import BudgetCaps, period_bounds
 from diarist.policies.pricing import format_usd, usd
 
@@ -89,7 +89,8 @@ def collect(ledger: Ledger, *, by: str, tz: ZoneInfo, since: date | None, caps: 
                 ln.estimated += usd(job["est_usd"])
     for f in db.query(
         "select f.updated_at, f.duration, f.task, f.params, f.inbox, f.flavor from files f "
-        "where f.state = 'done' and f.route = 'local'"
+        "where f.state = ? and f.route = 'local'",
+        [State.DONE.value],
     ):
         if start is not None and f["updated_at"] < start:
             continue

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from diarist.handlers.cloud_hub import Hub
-from diarist.handlers.cloud_job import CLOUD_BACKEND, result_folder
+from diarist.handlers.cloud_manifest import CLOUD_BACKEND, result_folder
 from diarist.handlers.results import validate_result
 
 

@@ -18,13 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-MANIFEST_SCHEMA = "diarist.job/1"
-CLOUD_BACKEND = "hf-jobs"
-
-
-def result_folder(job_id: str, sha256: str) -> str:
-    return f"jobs/{job_id}/{sha256}"
-
 
 def _say(message: str) -> None:
     print(f"diarist job: {message}", flush=True)
@@ -40,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 
     from diarist.handlers import results
+    from diarist.handlers.cloud_manifest import CLOUD_BACKEND, Manifest, result_folder
     from diarist.handlers.engine import LocalEngine
     from diarist.handlers.errors import DiaristError, ModelError
     from diarist.handlers.local import diarize_file
@@ -49,27 +43,22 @@ def main(argv: list[str] | None = None) -> int:
     job_id = os.environ.get("JOB_ID", "local")
     api = HfApi(token=token)
     work = Path(tempfile.mkdtemp(prefix="diarist-inputs-"))
-    manifest = json.loads(
-        Path(hf_hub_download(args.repo, args.manifest, repo_type="dataset", token=token, local_dir=work)).read_text()
-    )
-    if manifest.get("schema") != MANIFEST_SCHEMA:
-        _say(f"unknown manifest schema {manifest.get('schema')!r}; this wheel speaks {MANIFEST_SCHEMA}")
+    try:
+        manifest = Manifest.from_json(
+            json.loads(
+                Path(
+                    hf_hub_download(args.repo, args.manifest, repo_type="dataset", token=token, local_dir=work)
+                ).read_text()
+            )
+        )
+    except ValueError as e:
+        _say(str(e))
         return 1
     import diarist.handlers
 
     code_from = str(Path(diarist.handlers.__file__).parent)
     _say(f"running diarist code from {code_from} ({args.wheel or 'installed package'})")
-    models = manifest["models"]
-    engine = LocalEngine(
-        pipeline=models["pipeline"],
-        device=models.get("device", "auto"),
-        clustering_threshold=models.get("clustering_threshold"),
-        segmentation_batch_size=models.get("segmentation_batch_size", 32),
-        embedding_batch_size=models.get("embedding_batch_size", 32),
-        fast=bool(models.get("fast", True)),
-        token=token,
-        telemetry=bool(manifest.get("telemetry", False)),
-    )
+    engine = LocalEngine.from_settings(manifest.models, token=token, telemetry=manifest.telemetry)
     try:
         engine.load()
     except ModelError as e:
@@ -77,26 +66,26 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     _say(f"models loaded in {engine.load_seconds:.1f} s on {engine.info.device}")
 
-    for n, item in enumerate(manifest["items"], 1):
-        sha = item["sha256"]
+    for n, item in enumerate(manifest.items, 1):
+        sha = item.sha256
         folder = result_folder(job_id, sha)
-        _say(f"[{n}/{len(manifest['items'])}] {item['name']}")
+        _say(f"[{n}/{len(manifest.items)}] {item.name}")
         started = time.monotonic()
         try:
-            local = Path(hf_hub_download(args.repo, item["input"], repo_type="dataset", token=token, local_dir=work))
+            local = Path(hf_hub_download(args.repo, item.input, repo_type="dataset", token=token, local_dir=work))
             doc = diarize_file(
                 local,
                 engine=engine,
-                name=item["name"],
-                relative_path=item["relative_path"],
+                name=item.name,
+                relative_path=item.relative_path,
                 sha256=sha,
-                task=Task(item["task"]),
-                speakers=item.get("speakers") or {},
-                route=item["route"],
+                task=Task(item.task),
+                speakers=item.speakers,
+                route=item.route,
                 backend={
                     "backend": CLOUD_BACKEND,
                     "job_id": job_id,
-                    "flavor": manifest.get("flavor"),
+                    "flavor": manifest.flavor,
                     "code": {"wheel": args.wheel, "loaded_from": code_from},
                 },
             )
@@ -113,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             args.repo,
             repo_type="dataset",
             operations=[CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in files.items()],
-            commit_message=f"diarist job {job_id}: {item['name']}",
+            commit_message=f"diarist job {job_id}: {item.name}",
         )
     _say("all inputs answered")
     return 0

@@ -19,7 +19,8 @@ from typing import Any
 
 from diarist.handlers.cloud_code import Wheel, build_wheel
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
-from diarist.handlers.cloud_job import MANIFEST_SCHEMA
+from diarist.handlers.cloud_manifest import Manifest, ManifestItem
+from diarist.handlers.engine_settings import EngineSettings
 
 BOOTSTRAP = Path(__file__).with_name("cloud_bootstrap.py")
 APP_LABEL = "diarist"
@@ -43,9 +44,29 @@ class JobSpec:
     flavor: str
     timeout_seconds: int
     image: str
-    models: dict[str, Any]
+    models: EngineSettings
     items: tuple[JobItem, ...]
     telemetry: bool = False
+
+    def manifest(self) -> Manifest:
+        return Manifest(
+            batch=self.batch_id,
+            flavor=self.flavor,
+            models=self.models,
+            telemetry=self.telemetry,
+            items=tuple(
+                ManifestItem(
+                    sha256=i.sha256,
+                    input=input_path(i.sha256, i.name),
+                    name=i.name,
+                    relative_path=i.relative_path,
+                    task=i.task,
+                    speakers=dict(i.speakers),
+                    route=dict(i.route),
+                )
+                for i in self.items
+            ),
+        )
 
 
 def input_path(sha256: str, name: str) -> str:
@@ -78,28 +99,6 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
     }
 
 
-def manifest(spec: JobSpec) -> dict[str, Any]:
-    return {
-        "schema": MANIFEST_SCHEMA,
-        "batch": spec.batch_id,
-        "flavor": spec.flavor,
-        "models": spec.models,
-        "telemetry": spec.telemetry,
-        "items": [
-            {
-                "sha256": i.sha256,
-                "input": input_path(i.sha256, i.name),
-                "name": i.name,
-                "relative_path": i.relative_path,
-                "task": i.task,
-                "speakers": i.speakers,
-                "route": i.route,
-            }
-            for i in spec.items
-        ],
-    }
-
-
 class Submitter:
     """Stages and starts jobs on one Hub namespace. The wheel is built once per process."""
 
@@ -126,7 +125,7 @@ class Submitter:
             owned.append(path)
             if path not in files and not self.hub.exists(path):
                 files[path] = item.local_path
-        files[manifest_path(spec.batch_id)] = json.dumps(manifest(spec), indent=2).encode()
+        files[manifest_path(spec.batch_id)] = json.dumps(spec.manifest().to_json(), indent=2).encode()
         self.hub.upload(files, f"diarist: stage batch {spec.batch_id} ({len(spec.items)} file(s))")
         return sorted(set(owned))
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from diarist.handlers.audio import SAMPLE_RATE
+from diarist.handlers.engine_settings import EngineSettings
 from diarist.handlers.errors import ModelError
 from diarist.policies.flavor import Task
 
@@ -139,6 +140,19 @@ def _count_regions(count: Any, minimum: int) -> tuple[Region, ...]:
 
 class LocalEngine:
     """Loads the configured pipeline once (thread-safe) and runs it on decoded waveforms."""
+
+    @classmethod
+    def from_settings(cls, s: EngineSettings, *, token: str | None, telemetry: bool) -> LocalEngine:
+        return cls(
+            pipeline=s.pipeline,
+            device=s.device,
+            clustering_threshold=s.clustering_threshold,
+            segmentation_batch_size=s.segmentation_batch_size,
+            embedding_batch_size=s.embedding_batch_size,
+            fast=s.fast,
+            token=token,
+            telemetry=telemetry,
+        )
 
     def __init__(
         self,

@@ -11,6 +11,7 @@ every total within its cap, including for jobs that run longer than expected.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -242,3 +243,47 @@ def period_bounds(now: datetime, tz: ZoneInfo) -> Periods:
         month_start=_start_of(first, tz),
         month_end=_start_of(next_first, tz),
     )
+
+
+@dataclass(frozen=True)
+class JobCharge:
+    """One cloud job as the budget sees it: open jobs count their reservation, settled ones their cost."""
+
+    created_at: float
+    open: bool
+    amount_usd: Decimal
+    user: str | None = None
+
+
+def sum_budget(charges: Iterable[JobCharge], now: float, tz: ZoneInfo, user: str | None = None) -> BudgetTotals:
+    """Spent (settled jobs) and reserved (open jobs) per period; a job counts in the period it was reserved.
+
+    ``user_month`` sums ``user``'s jobs only (empty when ``user`` is None).
+    """
+    periods = period_bounds(datetime.fromtimestamp(now, UTC), tz)
+    bounds = {
+        "day": (periods.day_start.timestamp(), periods.day_end.timestamp()),
+        "month": (periods.month_start.timestamp(), periods.month_end.timestamp()),
+    }
+    sums = {k: [ZERO_USD, ZERO_USD] for k in ("day", "month", "user")}
+    in_flight = 0
+    for c in charges:
+        in_flight += c.open
+        slot = 1 if c.open else 0
+        for name, (start, end) in bounds.items():
+            if start <= c.created_at < end:
+                sums[name][slot] += usd(c.amount_usd)
+                if name == "month" and user is not None and c.user == user:
+                    sums["user"][slot] += usd(c.amount_usd)
+    return BudgetTotals(
+        day=PeriodTotal(*sums["day"]),
+        month=PeriodTotal(*sums["month"]),
+        user_month=PeriodTotal(*sums["user"]),
+        jobs_in_flight=in_flight,
+    )
+
+
+def earliest_period_start(now: float, tz: ZoneInfo) -> float:
+    """Jobs created before this cannot count in any current period (open ones count regardless)."""
+    periods = period_bounds(datetime.fromtimestamp(now, UTC), tz)
+    return min(periods.day_start.timestamp(), periods.month_start.timestamp())

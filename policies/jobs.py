@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, StrEnum
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,20 @@ class Verdict(str, Enum):
     CANCEL = "cancel"  # still alive on the Hub but given up on: cancel it, then treat as failed
 
 
-TERMINAL_FAILURES = ("ERROR", "CANCELED", "CANCELLED", "DELETED")
+class JobStage(StrEnum):
+    """A Hugging Face Job's stage, as the Jobs API names it (``huggingface_hub`` ``JobStage``)."""
+
+    SCHEDULING = "SCHEDULING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    ERROR = "ERROR"
+    CANCELED = "CANCELED"
+    CANCELLED = "CANCELLED"
+    DELETED = "DELETED"
+
+
+TERMINAL_FAILURES = frozenset({JobStage.ERROR, JobStage.CANCELED, JobStage.CANCELLED, JobStage.DELETED})
+ALIVE = frozenset({JobStage.SCHEDULING, JobStage.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -111,14 +124,14 @@ def judge_job(
     how long the Hub says it has been scheduling (our clock since submit when it does not say).
     """
     stage = stage.upper()
-    if stage == "COMPLETED":
+    if stage == JobStage.COMPLETED:
         return JobJudgement(Verdict.COLLECT, "the job completed")
     if stage in TERMINAL_FAILURES:
         detail = f": {message}" if message else ""
         return JobJudgement(Verdict.FAILED, f"the job ended in {stage}{detail}")
     if now > deadline_at:
         return JobJudgement(Verdict.CANCEL, f"the job is still {stage} past its deadline")
-    if stage == "SCHEDULING":
+    if stage == JobStage.SCHEDULING:
         waited = scheduling_seconds if scheduling_seconds is not None else now - submitted_at
         if waited > scheduling_limit:
             return JobJudgement(

@@ -243,10 +243,9 @@ def decide_route(
     if budget.cap_name is Cap.CONCURRENCY and budget.wait_helps:
         reason = f"cloud: {detail}; it waits in the queue for a free slot"
         return RouteDecision(Route.CLOUD, reason, estimate.flavor, estimate, budget)
-    if not budget.wait_helps:
-        return RouteDecision(Route.LOCAL, f"local: {detail}", budget=budget)
-    if cloud.fallback_enabled:
-        return RouteDecision(Route.LOCAL, f"local: {detail}; falling back to local processing", budget=budget)
+    if over_budget_route(budget, fallback_enabled=cloud.fallback_enabled) is Route.LOCAL:
+        tail = "; falling back to local processing" if budget.wait_helps else ""
+        return RouteDecision(Route.LOCAL, f"local: {detail}{tail}", budget=budget)
     period = budget.cap_name.period if budget.cap_name else None
     return RouteDecision(
         Route.DEFERRED,
@@ -255,3 +254,12 @@ def decide_route(
         estimate,
         budget,
     )
+
+
+def over_budget_route(budget: BudgetDecision, *, fallback_enabled: bool) -> Route:
+    """A cloud job the caps refuse: process here when fallback is on or when waiting cannot help (the job
+    alone is over a cap), else defer the file to the next budget period. The one rule for routing time and
+    for a batch refused at submit time."""
+    if fallback_enabled or not budget.wait_helps:
+        return Route.LOCAL
+    return Route.DEFERRED

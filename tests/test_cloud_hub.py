@@ -14,7 +14,7 @@ import pytest
 
 from diarist.handlers import cloud_fetch
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
-from diarist.handlers.cloud_job import MANIFEST_SCHEMA, result_folder
+from diarist.handlers.cloud_manifest import MANIFEST_SCHEMA, result_folder
 from diarist.handlers.cloud_submit import (
     BOOTSTRAP,
     JobItem,
@@ -27,6 +27,7 @@ from diarist.handlers.cloud_submit import (
     wheel_path,
 )
 from diarist.handlers.engine import Segment
+from diarist.handlers.engine_settings import EngineSettings
 from diarist.handlers.errors import CloudError, CloudTransientError
 from diarist.handlers.results import SourceFacts, build_result, dumps
 from diarist.policies.pricing import FlavorPrice, PriceUnit
@@ -83,7 +84,7 @@ def spec_for(items: list[tuple[Path, str]], batch_id: str = "b-0001", **override
         "flavor": "a10g-small",
         "timeout_seconds": 1234,
         "image": "pytorch/pytorch:2.9.1-cuda12.8-cudnn9-runtime",
-        "models": {"pipeline": "bundled", "device": "auto"},
+        "models": EngineSettings(pipeline="bundled", device="auto"),
         "items": tuple(
             JobItem(
                 sha256=sha,

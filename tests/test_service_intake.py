@@ -41,7 +41,7 @@ class TestIntake:
         clock = FakeClock()
         daemon, inbox, ledger = make_daemon(tmp_path, clock)
         (inbox / "a.wav").write_bytes(b"x" * 100)
-        daemon._scan_all()
+        daemon.intake.scan_all()
         daemon.intake_tick()
         clock.now += 4.9
         daemon.intake_tick()
@@ -57,13 +57,13 @@ class TestIntake:
         daemon, inbox, ledger = make_daemon(tmp_path, clock)
         path = inbox / "slow.wav"
         path.write_bytes(b"1")
-        daemon._on_path(daemon.settings.inboxes[0], path)
+        daemon.intake.on_path(daemon.settings.inboxes[0], path)
         for _ in range(10):
             daemon.intake_tick()
             clock.now += 4
             with open(path, "ab") as f:
                 f.write(b"more")
-            daemon._on_path(daemon.settings.inboxes[0], path)
+            daemon.intake.on_path(daemon.settings.inboxes[0], path)
         daemon.intake_tick()
         assert states(ledger) == {"slow.wav": "discovered"}
         clock.now += 5
@@ -76,14 +76,14 @@ class TestIntake:
         clock = FakeClock()
         daemon, inbox, ledger = make_daemon(tmp_path, clock)
         (inbox / "gone.wav").write_bytes(b"abc")
-        daemon._scan_all()
+        daemon.intake.scan_all()
         daemon.intake_tick()
         (inbox / "gone.wav").unlink()
         clock.now += 1
         daemon.intake_tick()
         row = ledger.recent(1)[0]
         assert row["state"] == "failed" and "removed" in row["error"]
-        assert daemon._file_ids == {}
+        assert daemon.intake.file_ids == {}
 
     def test_periodic_rescan_finds_files_without_events(self, tmp_path):
         """Files that raised no event (e.g. written by another host on a share) are found by the rescan."""
@@ -108,7 +108,7 @@ class TestIntake:
         (inbox / "link.wav").symlink_to(outside)
         (inbox / "x.wav.part").write_bytes(b"1")
         (inbox / "notes.txt").write_bytes(b"1")
-        daemon._scan_all()
+        daemon.intake.scan_all()
         daemon.intake_tick()
         clock.now += 10
         daemon.intake_tick()
