@@ -135,8 +135,12 @@ def test_fifty_files_survive_repeated_sigkills(tmp_path, sample, daemon_factory)
     assert sorted(r["rel_path"] for r in rows if r["state"] == "done") == sorted(c.name for c in clips)
     assert all(r["state"] == "done" for r in rows), [r for r in rows if r["state"] != "done"]
     assert all(count == 1 for count in done_counts(db).values()), done_counts(db)
-    cut_short = sum(1 for p in PLANNED if p.startswith("inference"))
-    assert sum(r["inference_runs"] for r in rows) <= FILES + cut_short + kills["random"]
+    # One worker thread: a process has at most one inference in flight, so each SIGKILL (planned or random)
+    # repeats at most one. A planned kill at a non-inference point cuts one short too when it lands while the
+    # worker is mid-inference on another file (``claimed:4`` fires in the intake thread), and so does the
+    # SIGKILL of a planned run whose point is never reached.
+    assert all(r["inference_runs"] >= 1 for r in rows)
+    assert sum(r["inference_runs"] for r in rows) <= FILES + kills["planned"] + kills["random"]
     text = "\n".join(logs)
     for clip in clips:
         assert text.count(f'"file": "{clip.name}"') >= 1

@@ -78,9 +78,15 @@ class TestTwoHostsOneInbox:
         }
 
         # round two: host a dies (SIGKILL, no goodbye) holding claims; b takes them back and finishes them
-        drop(slices(sample[0], tmp_path / "round2", 40, 2.0, first=100), inbox)
+        # b is paused (SIGSTOP, well within its lease) while the files arrive, so that a certainly wins some
+        # claims: racing, b could win every one while a's worker has the CPU, and a would die holding none
         held = inbox / ".diarist/processing/a"
-        wait_until(lambda: len(list(held.glob("*.wav"))) >= 3, 120, "host a holding claims")
+        os.kill(b.proc.pid, signal.SIGSTOP)
+        try:
+            drop(slices(sample[0], tmp_path / "round2", 40, 2.0, first=100), inbox)
+            wait_until(lambda: len(list(held.glob("*.wav"))) >= 3, 120, "host a holding claims")
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)
         a.stop(signal.SIGKILL)
         stranded = {p.name for p in held.glob("*.wav")}
         assert stranded
