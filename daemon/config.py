@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from diarist.handlers.engine_settings import EngineSettings
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
+from diarist.policies.pricing import unknown_flavor
 from diarist.policies.request import InboxDefaults
 from diarist.policies.route import RouteSetting
 
@@ -377,6 +378,8 @@ def _cloud_settings(r: _Reader, env: Mapping[str, str], defaults: CloudSettings)
     flavor = r.get("flavor", str, defaults.flavor)
     if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", flavor):
         raise r.fail("flavor", f'must be a Jobs hardware flavor such as "a10g-small", or "auto"; got {flavor!r}')
+    if flavor != "auto" and (why := unknown_flavor(flavor)):
+        raise r.fail("flavor", f'{why}; or "auto"')
     return CloudSettings(
         enabled=r.get("enabled", bool, defaults.enabled),
         namespace=r.get("namespace", str),

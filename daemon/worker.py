@@ -214,10 +214,17 @@ class LocalRunner:
         original_id, doc = stored
         doc = json.loads(json.dumps(doc))
         if original_id != row.id:
+            earlier = doc["source"]["relative_path"]
             doc["reused"] = {
-                "from_file": doc["source"]["relative_path"],
+                "from_file": earlier,
                 "from_ledger_id": original_id,
                 "reason": "identical content was already processed with the same settings",
+            }
+            # this file ran nowhere: the earlier run's route (a cloud job, an old fallback) is not this file's
+            doc["route"] = {
+                "decision": "reused",
+                "reason": f"identical content was already processed as {earlier}; its result is reused, nothing ran",
+                "original": doc["route"],
             }
             doc["source"]["name"] = Path(row.rel_path).name
             doc["source"]["relative_path"] = row.rel_path

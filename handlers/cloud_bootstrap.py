@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 import urllib.request
 import zipfile
@@ -56,9 +57,12 @@ def main(argv: list) -> int:
     missing = missing_stack()
     if missing:
         print(f"diarist job: installing the runtime stack (missing: {', '.join(missing)})", flush=True)
-        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input"]
+        started = time.monotonic()
+        # --no-compile: byte-compiling all of torch at install costs minutes; a job imports a small part of it
+        pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-input", "--no-compile"]
         subprocess.run([*pip, wheel], check=True)
         subprocess.run([*pip, "--no-deps", *EXTRA_PIP], check=True)
+        print(f"diarist job: runtime stack installed in {time.monotonic() - started:.0f} s", flush=True)
     code = os.path.join(work, "code")
     with zipfile.ZipFile(wheel) as zf:
         zf.extractall(code)

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from diarist.handlers.cloud_hub import Hub
-from diarist.handlers.cloud_manifest import CLOUD_BACKEND, result_folder
+from diarist.handlers.cloud_manifest import CLOUD_BACKEND, Manifest, result_folder
+from diarist.handlers.cloud_submit import is_manifest, staged_sha
+from diarist.handlers.errors import CloudError
 from diarist.handlers.results import validate_result
 
 
@@ -58,12 +60,39 @@ def label_result(doc: dict[str, Any], *, job_id: str, url: str, flavor: str, run
     )
 
 
-def cleanup(hub: Hub, job_id: str | None, staged: list[str]) -> None:
-    """Delete the job's results folder and the staged paths the batch owned (inputs, manifest)."""
-    folders = [f"jobs/{job_id}"] if job_id else []
-    present = set(hub.list_files())
-    hub.delete(
-        [p for p in staged if p in present],
-        [f for f in folders if any(p.startswith(f + "/") for p in present)],
-        f"diarist: clean up after {job_id or 'an unstarted batch'}",
-    )
+def cleanup(hub: Hub, job_id: str | None, staged: list[str], *, attempts: int = 3) -> None:
+    """Delete the job's results folder and the staged paths the batch owned (inputs, manifest), then make
+    them unretrievable: the history is squashed and the stored audio permanently deleted.
+
+    Several hosts may share the staging repo, and one recording can be in two batches: an input that another
+    batch's manifest at head still lists stays. The delete is bound to the head it was decided on, so a batch
+    staged in the meantime makes it decide again."""
+    if not staged and not job_id:
+        return  # nothing was staged and no job ran: nothing of this batch is on the Hub
+    folder = f"jobs/{job_id}/" if job_id else None
+    for attempt in range(attempts):
+        head, files = hub.head()
+        needed = _inputs_listed(hub, head, [p for p in files if is_manifest(p) and p not in staged])
+        doomed = [p for p in staged if p in files and p not in needed]
+        folders = [folder] if folder and any(p.startswith(folder) for p in files) else []
+        try:
+            hub.delete(doomed, folders, f"diarist: clean up after {job_id or 'an unstarted batch'}", parent=head)
+            break
+        except CloudError as e:
+            if e.status != 412 or attempt == attempts - 1:  # 412: the head moved on since it was read
+                raise
+    gone = set(doomed) | {p for p in files if folder and p.startswith(folder)}
+    large = {sha for p in staged if p not in needed and (sha := staged_sha(p))}
+    hub.forget(large, keep={oid for p, oid in files.items() if oid and p not in gone})
+
+
+def _inputs_listed(hub: Hub, head: str, manifests: list[str]) -> set[str]:
+    listed: set[str] = set()
+    for path in manifests:
+        raw = hub.read(path, revision=head)
+        try:
+            listed.update(item.input for item in Manifest.from_json(json.loads(raw or b"")).items)
+        except (ValueError, KeyError, TypeError):
+            # a manifest diarist cannot read is not one of its batches' (or is broken): it protects nothing
+            continue
+    return listed

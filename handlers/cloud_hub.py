@@ -15,7 +15,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RemoteEntryNotFoundError
 
 from diarist.handlers.errors import CloudTransientError
@@ -107,22 +107,26 @@ class Hub:
             )
         )
 
-    def upload(self, files: dict[str, bytes | Path], message: str) -> None:
-        """One commit with every file (bytes or a local path)."""
+    def upload(self, files: dict[str, bytes | Path], message: str, *, parent: str | None = None) -> None:
+        """One commit with every file (bytes or a local path); with ``parent``, refused (412) if the head moved on."""
         self.ensure_repo()
         ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in files.items()]
         self._call(
-            lambda: self.api.create_commit(self.repo, repo_type=REPO_TYPE, operations=ops, commit_message=message),
+            lambda: self.api.create_commit(
+                self.repo, repo_type=REPO_TYPE, operations=ops, commit_message=message, parent_commit=parent
+            ),
             action=f"upload {len(ops)} file(s) to {self.repo}",
         )
 
-    def read(self, path: str) -> bytes | None:
+    def read(self, path: str, *, revision: str | None = None) -> bytes | None:
         """A staged file's bytes, or None when it does not exist."""
         # a private temp dir, not the HF cache: results are read once, and a service may have no home
         with tempfile.TemporaryDirectory(prefix="diarist-fetch-") as tmp:
             try:
                 local = self._call(
-                    lambda: self.api.hf_hub_download(self.repo, path, repo_type=REPO_TYPE, local_dir=tmp),
+                    lambda: self.api.hf_hub_download(
+                        self.repo, path, repo_type=REPO_TYPE, local_dir=tmp, revision=revision
+                    ),
                     action=f"download {path} from {self.repo}",
                 )
             except Exception as e:  # the mapped error keeps the client's as its cause
@@ -134,15 +138,51 @@ class Hub:
                 raise
             return Path(local).read_bytes()
 
-    def delete(self, paths: Iterable[str], folders: Iterable[str], message: str) -> None:
+    def delete(self, paths: Iterable[str], folders: Iterable[str], message: str, *, parent: str | None = None) -> None:
+        """One commit deleting ``paths`` and ``folders``; with ``parent``, refused (412) if the head moved on."""
         ops = [CommitOperationDelete(path_in_repo=p) for p in paths]
         ops += [CommitOperationDelete(path_in_repo=f.rstrip("/") + "/", is_folder=True) for f in folders]
         if not ops:
             return
         self._call(
-            lambda: self.api.create_commit(self.repo, repo_type=REPO_TYPE, operations=ops, commit_message=message),
+            lambda: self.api.create_commit(
+                self.repo, repo_type=REPO_TYPE, operations=ops, commit_message=message, parent_commit=parent
+            ),
             action=f"delete staged files from {self.repo}",
         )
+
+    def head(self) -> tuple[str, dict[str, str | None]]:
+        """The head commit, and each file it holds with its large-file (LFS) sha256, None for small files."""
+        sha = self._call(
+            lambda: self.api.repo_info(self.repo, repo_type=REPO_TYPE).sha, action=f"read the head of {self.repo}"
+        )
+        tree = self._call(
+            lambda: list(self.api.list_repo_tree(self.repo, repo_type=REPO_TYPE, recursive=True, revision=sha)),
+            action=f"list files of {self.repo}",
+        )
+        return sha, {f.path: (f.lfs.sha256 if f.lfs else None) for f in tree if isinstance(f, RepoFile)}
+
+    def forget(self, large_files: set[str], *, keep: set[str]) -> None:
+        """Make what was deleted unretrievable: squash the history to the head's one commit, and permanently
+        delete the stored large files (by sha256) in ``large_files`` that are not in ``keep``."""
+        self._call(
+            lambda: self.api.super_squash_history(
+                self.repo, repo_type=REPO_TYPE, commit_message="diarist: drop the history of deleted staged files"
+            ),
+            action=f"squash the history of {self.repo}",
+        )
+        doomed = large_files - keep
+        if not doomed:
+            return
+        stored = self._call(
+            lambda: [f for f in self.api.list_lfs_files(self.repo, repo_type=REPO_TYPE) if f.file_oid in doomed],
+            action=f"list the large files stored in {self.repo}",
+        )
+        if stored:
+            self._call(
+                lambda: self.api.permanently_delete_lfs_files(self.repo, stored, repo_type=REPO_TYPE),
+                action=f"permanently delete staged audio from {self.repo}",
+            )
 
     def list_files(self) -> list[str]:
         return list(

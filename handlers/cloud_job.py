@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     for n, item in enumerate(manifest.items, 1):
         sha = item.sha256
         folder = result_folder(job_id, sha)
-        _say(f"[{n}/{len(manifest.items)}] {item.name}")
+        # the Hub keeps job logs beyond diarist's reach: they name a file by its content hash, never its name
+        _say(f"[{n}/{len(manifest.items)}] input {sha[:12]}")
         started = time.monotonic()
         try:
             local = Path(hf_hub_download(args.repo, item.input, repo_type="dataset", token=token, local_dir=work))

@@ -21,6 +21,7 @@ from diarist.handlers.cloud_code import Wheel, build_wheel
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.cloud_manifest import Manifest, ManifestItem
 from diarist.handlers.engine_settings import EngineSettings
+from diarist.handlers.errors import CloudError
 
 BOOTSTRAP = Path(__file__).with_name("cloud_bootstrap.py")
 APP_LABEL = "diarist"
@@ -80,6 +81,16 @@ def manifest_path(batch_id: str) -> str:
     return f"batches/{batch_id}/manifest.json"
 
 
+def staged_sha(path: str) -> str | None:
+    """The content sha256 of a staged input's path (its large-file id on the Hub), None for other paths."""
+    match = re.fullmatch(r"inputs/([0-9a-f]{64})(\.[a-z0-9]{1,8})?", path)
+    return match.group(1) if match else None
+
+
+def is_manifest(path: str) -> bool:
+    return re.fullmatch(r"batches/[^/]+/manifest\.json", path) is not None
+
+
 def wheel_path(wheel: Wheel) -> str:
     return f"code/{wheel.sha256[:16]}/{wheel.filename}"
 
@@ -112,22 +123,30 @@ class Submitter:
             self._wheel = build_wheel()
         return self._wheel
 
-    def stage(self, spec: JobSpec) -> list[str]:
-        """Upload what the job needs that is not there yet; returns the staged paths the job owns."""
+    def stage(self, spec: JobSpec, *, attempts: int = 3) -> list[str]:
+        """Upload what the job needs that is not there yet; returns the staged paths the job owns.
+
+        What is already staged (content-addressed) is not sent again. The commit is bound to the head it was
+        decided on: if a clean-up (this host's or another's) changed the repo meanwhile, it decides again, so
+        that a manifest never names an input that was deleted under it."""
         self.hub.ensure_repo()
-        files: dict[str, bytes | Path] = {}
         code = wheel_path(self.wheel)
-        if not self.hub.exists(code):
-            files[code] = self.wheel.data
-        owned = [manifest_path(spec.batch_id)]
-        for item in spec.items:
-            path = input_path(item.sha256, item.name)
-            owned.append(path)
-            if path not in files and not self.hub.exists(path):
-                files[path] = item.local_path
-        files[manifest_path(spec.batch_id)] = json.dumps(spec.manifest().to_json(), indent=2).encode()
-        self.hub.upload(files, f"diarist: stage batch {spec.batch_id} ({len(spec.items)} file(s))")
-        return sorted(set(owned))
+        owned = sorted({manifest_path(spec.batch_id), *(input_path(i.sha256, i.name) for i in spec.items)})
+        for attempt in range(attempts):
+            head, present = self.hub.head()
+            files: dict[str, bytes | Path] = {} if code in present else {code: self.wheel.data}
+            for item in spec.items:
+                path = input_path(item.sha256, item.name)
+                if path not in files and path not in present:
+                    files[path] = item.local_path
+            files[manifest_path(spec.batch_id)] = json.dumps(spec.manifest().to_json(), indent=2).encode()
+            try:
+                self.hub.upload(files, f"diarist: stage batch {spec.batch_id} ({len(spec.items)} file(s))", parent=head)
+                break
+            except CloudError as e:
+                if e.status != 412 or attempt == attempts - 1:  # 412: the head moved on since it was read
+                    raise
+        return owned
 
     def start(self, spec: JobSpec) -> JobSnapshot:
         """Start the job; the token travels as a secret only, never in env or labels."""

@@ -53,8 +53,9 @@ DEFAULT_THROUGHPUT: Mapping[str, float] = MappingProxyType(
         "l4x1": 35.0,
         "a10g-small": 40.0,
         "a10g-large": 45.0,
+        "l40sx1": 55.0,
         "a100-large": 70.0,
-        "h100": 100.0,
+        "h200": 100.0,
     }
 )
 

@@ -84,17 +84,38 @@ class FlavorPrice:
         return self.unit_cost_usd / self.unit_label.seconds
 
 
-# Fallback only: the daemon should prefer prices fetched from the Hub and use these when it cannot.
-# Source: https://huggingface.co/docs/hub/jobs-pricing (hourly prices, billed per minute). Check that page
-# when the table looks stale; a wrong entry here only skews flavor choice and budget estimates.
+# Every hardware flavor the Jobs API accepts: huggingface_hub's ``JobHardware`` (2.4), which its maintainers keep
+# in sync with the Hub (tests/test_policies_flavor.py fails when the installed client disagrees). A flavor in
+# configuration or a sidecar must be one of these; the Hub's own list, read at connect, has the prices.
+JOB_FLAVORS: tuple[str, ...] = (
+    "cpu-basic", "cpu-upgrade", "cpu-performance", "cpu-xl",
+    "t4-small", "t4-medium", "l4x1", "l4x4", "l40sx1", "l40sx4", "l40sx8",
+    "a10g-small", "a10g-large", "a10g-largex2", "a10g-largex4", "a100-large", "a100x4", "a100x8",
+    "h200", "h200x2", "h200x4", "h200x8", "rtx-pro-6000", "rtx-pro-6000x2", "rtx-pro-6000x4", "rtx-pro-6000x8",
+)  # fmt: skip
+
+# Fallback only: the daemon prefers prices fetched from the Hub and uses these when it cannot. Hourly prices as
+# published on https://huggingface.co/docs/hub/jobs-pricing (billed per minute); the CPU and T4 rows re-read on
+# 2026-12-06, the others as recorded before. Single-GPU flavors only: pyannote uses one GPU, so a multi-GPU
+# flavor costs more for the same speed. A wrong entry here only skews flavor choice and budget estimates until the
+# Hub's list is read.
+FALLBACK_PRICES_DATE = "2026-12-06"
 FALLBACK_PRICES: tuple[FlavorPrice, ...] = (
     FlavorPrice("cpu-basic", Decimal("0.01"), PriceUnit.HOUR, accelerator=False),
     FlavorPrice("cpu-upgrade", Decimal("0.03"), PriceUnit.HOUR, accelerator=False),
     FlavorPrice("t4-small", Decimal("0.40"), PriceUnit.HOUR, accelerator=True),
     FlavorPrice("t4-medium", Decimal("0.60"), PriceUnit.HOUR, accelerator=True),
     FlavorPrice("l4x1", Decimal("0.80"), PriceUnit.HOUR, accelerator=True),
+    FlavorPrice("l40sx1", Decimal("1.80"), PriceUnit.HOUR, accelerator=True),
     FlavorPrice("a10g-small", Decimal("1.00"), PriceUnit.HOUR, accelerator=True),
     FlavorPrice("a10g-large", Decimal("1.50"), PriceUnit.HOUR, accelerator=True),
     FlavorPrice("a100-large", Decimal("2.50"), PriceUnit.HOUR, accelerator=True),
-    FlavorPrice("h100", Decimal("4.50"), PriceUnit.HOUR, accelerator=True),
+    FlavorPrice("h200", Decimal("5.00"), PriceUnit.HOUR, accelerator=True),
 )
+
+
+def unknown_flavor(name: str) -> str | None:
+    """Why ``name`` is not a Jobs flavor (the message names the valid ones), or None when it is one."""
+    if name in JOB_FLAVORS:
+        return None
+    return f"{name!r} is not a Hugging Face Jobs hardware flavor; valid flavors: {', '.join(JOB_FLAVORS)}"

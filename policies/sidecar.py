@@ -21,7 +21,7 @@ from enum import Enum
 from typing import Any
 
 from .flavor import Priority, Task
-from .pricing import FALLBACK_PRICES
+from .pricing import FALLBACK_PRICES, JOB_FLAVORS
 from .route import FileOverride, RouteSetting
 
 SIDECAR_SUFFIX = ".diarist.json"
@@ -170,7 +170,9 @@ def _choice(field: str, value: object, enum: type[Enum]) -> Any:
 
 def _flavor(value: object) -> str:
     if isinstance(value, str) and len(value) <= MAX_FLAVOR_LENGTH and FLAVOR_PATTERN.fullmatch(value):
-        return value
+        if value in JOB_FLAVORS:
+            return value
+        raise SidecarError("flavor", f"must be one of {', '.join(JOB_FLAVORS)}; got {value!r}")
     examples = ", ".join(repr(p.name) for p in FALLBACK_PRICES)
     raise SidecarError(
         "flavor",

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+
+# The loopback Hub emulator stores large files by the Git LFS protocol; the Xet protocol the client prefers lives
+# in hf_xet's own storage service, which no loopback server can stand in for. Read by huggingface_hub at import
+# time, so it is set before anything imports it; daemons and jobs started by the tests inherit it.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
 import shutil
 import signal
 import sqlite3

@@ -60,11 +60,19 @@ ROUTES = (
     "commit",
     "resolve",
     "tree",
+    "commits",
+    "super_squash",
+    "lfs.batch",
+    "lfs.upload",
+    "lfs.list",
+    "lfs.delete",
 )
 # Job fault modes: see HubEmulator.add_fault.
 JOB_FAULT_MODES = ("error", "error_after_run", "stay_scheduling", "slow")
 TERMINAL_STAGES = ("COMPLETED", "CANCELED", "ERROR", "DELETED")
 REPO_TYPES = ("model", "dataset", "space")
+# where diarist stages a batch's inputs, its manifest and the job's results
+BATCH_PREFIXES = ("inputs/", "batches/", "jobs/")
 
 # name, pretty name, cpu, ram, ephemeral storage, accelerator (model, quantity, vram) or None, USD per hour.
 # The Hub bills Jobs per minute: the client's JobHardwareInfo reads unitCostUSD/unitCostMicroUSD per unitLabel
@@ -76,11 +84,11 @@ HARDWARE: tuple[tuple[str, str, str, str, str, tuple[str, str, str] | None, floa
     ("t4-medium", "Nvidia T4 - medium", "8 vCPU", "30 GB", "100 GB", ("T4", "1", "16 GB"), 0.60),
     ("l4x1", "1x Nvidia L4", "8 vCPU", "30 GB", "400 GB", ("L4", "1", "24 GB"), 0.80),
     ("l4x4", "4x Nvidia L4", "48 vCPU", "186 GB", "3200 GB", ("L4", "4", "96 GB"), 3.80),
+    ("l40sx1", "1x Nvidia L40S", "8 vCPU", "62 GB", "380 GB", ("L40S", "1", "48 GB"), 1.80),
     ("a10g-small", "Nvidia A10G - small", "4 vCPU", "15 GB", "110 GB", ("A10G", "1", "24 GB"), 1.00),
     ("a10g-large", "Nvidia A10G - large", "12 vCPU", "46 GB", "200 GB", ("A10G", "1", "24 GB"), 1.50),
     ("a10g-largex2", "2x Nvidia A10G - large", "24 vCPU", "92 GB", "1000 GB", ("A10G", "2", "48 GB"), 3.00),
     ("a100-large", "Nvidia A100 - large", "12 vCPU", "142 GB", "1000 GB", ("A100", "1", "80 GB"), 2.50),
-    ("h100", "Nvidia H100", "23 vCPU", "240 GB", "3000 GB", ("H100", "1", "80 GB"), 4.50),
     ("h200", "Nvidia H200", "23 vCPU", "256 GB", "3000 GB", ("H200", "1", "141 GB"), 5.00),
 )
 HOURLY_PRICE_USD = {row[0]: row[6] for row in HARDWARE}
@@ -204,6 +212,12 @@ class _Repo:
     files: dict[str, bytes] = field(default_factory=dict)
     sha: str = ""
     history: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    #: commit sha -> (title, time), for the commits listing
+    commits: dict[str, tuple[str, float]] = field(default_factory=dict)
+    #: large-file storage, apart from git as on the Hub: sha256 -> {"data", "filename", "pushedAt"}. A file
+    #: committed as ``lfsFile`` points here; squashing history leaves these in place, only an explicit
+    #: permanent deletion removes them
+    lfs: dict[str, dict[str, Any]] = field(default_factory=dict)
     last_modified: float = 0.0
 
     def url_prefix(self) -> str:
@@ -266,6 +280,11 @@ class _Reply:
 
 _REPO_API = r"/api/(?P<rtype>models|datasets|spaces)/(?P<ns>[^/]+)/(?P<name>[^/]+)"
 _RESOLVE = r"^/(?P<prefix>datasets/|spaces/)?(?P<ns>[^/]+)/(?P<name>[^/]+)/resolve/(?P<rev>[^/]+)/(?P<path>.+)"
+_LFS_BATCH = r"^/(?P<prefix>datasets/|spaces/)?(?P<ns>[^/]+)/(?P<name>[^/]+)\.git/info/lfs/objects/batch"
+# where the emulator's LFS batch answer tells the client to PUT a large file (the Hub hands out S3 URLs)
+_LFS_UPLOAD = r"^/_lfs/(?P<rtype>model|dataset|space)/(?P<ns>[^/]+)/(?P<name>[^/]+)/(?P<oid>[0-9a-f]{64})"
+# the Hub stores a file as LFS when it is binary or large (its .gitattributes rules aside)
+LFS_THRESHOLD_BYTES = 10 * 1024 * 1024
 _PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
     (method, route, re.compile(pattern + r"/?$"))
     for method, route, pattern in (
@@ -281,6 +300,12 @@ _PATTERNS: tuple[tuple[str, str, re.Pattern[str]], ...] = tuple(
         ("POST", "preupload", "^" + _REPO_API + r"/preupload/(?P<rev>[^/]+)"),
         ("POST", "commit", "^" + _REPO_API + r"/commit/(?P<rev>[^/]+)"),
         ("GET", "tree", "^" + _REPO_API + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.+?))?"),
+        ("GET", "commits", "^" + _REPO_API + r"/commits/(?P<rev>[^/]+)"),
+        ("POST", "super_squash", "^" + _REPO_API + r"/super-squash/(?P<rev>[^/]+)"),
+        ("GET", "lfs.list", "^" + _REPO_API + r"/lfs-files"),
+        ("POST", "lfs.delete", "^" + _REPO_API + r"/lfs-files/batch"),
+        ("POST", "lfs.batch", _LFS_BATCH),
+        ("PUT", "lfs.upload", _LFS_UPLOAD),
         ("GET", "repos.info", "^" + _REPO_API + r"(?:/revision/(?P<rev>[^/]+))?"),
         ("GET", "resolve", _RESOLVE),
         ("HEAD", "resolve", _RESOLVE),
@@ -684,6 +709,8 @@ class HubEmulator:
                         "private": repo.private,
                         "sha": repo.sha,
                         "files": {path: len(data) for path, data in sorted(repo.files.items())},
+                        "history_paths": sorted({p for files in repo.history.values() for p in files}),
+                        "lfs": {oid: stored.get("filename", "") for oid, stored in repo.lfs.items()},
                     }
                     for repo in self._repos.values()
                 ],
@@ -1011,6 +1038,7 @@ class HubEmulator:
         env["PATH"] = os.path.dirname(self.python) + os.pathsep + env.get("PATH", "")
         env["HF_HOME"] = os.path.join(job.workdir or ".", ".cache", "huggingface")
         env["HF_HUB_DISABLE_TELEMETRY"] = "1"
+        env["HF_HUB_DISABLE_XET"] = "1"  # large files travel by the LFS protocol the emulator speaks
         env["PYTHONUNBUFFERED"] = "1"
         env.update(job.spec.get("environment") or {})
         env.update(job.secrets)
@@ -1159,11 +1187,12 @@ class HubEmulator:
         self._commit_files(repo, {".gitattributes": b"*.bin filter=lfs diff=lfs merge=lfs -text\n"})
         return repo
 
-    def _commit_files(self, repo: _Repo, files: dict[str, bytes]) -> str:
+    def _commit_files(self, repo: _Repo, files: dict[str, bytes], title: str = "Update files") -> str:
         self._counter += 1
         sha = hashlib.sha1(f"{repo.repo_id}-{repo.sha}-{time.time_ns()}-{self._counter}".encode()).hexdigest()
         repo.files, repo.sha, repo.last_modified = files, sha, time.time()
         repo.history[sha] = files
+        repo.commits[sha] = (title, repo.last_modified)
         return sha
 
     def _repo_url(self, repo: _Repo) -> str:
@@ -1254,9 +1283,9 @@ class HubEmulator:
                 answer.append(
                     {
                         "path": item.get("path"),
-                        "uploadMode": "regular",
+                        "uploadMode": "lfs" if _is_large(item) else "regular",
                         "shouldIgnore": False,
-                        "oid": git_blob_sha1(existing) if existing is not None else None,
+                        "oid": _oid(repo, existing) if existing is not None else None,
                     }
                 )
             return _Reply(200, {"files": answer, "commitOid": repo.sha})
@@ -1273,9 +1302,11 @@ class HubEmulator:
             if req.params["rev"] != "main":
                 raise _HttpError(404, f"Invalid rev id: {req.params['rev']}", "RevisionNotFound")
             files = dict(repo.files)
+            title = "Update files"
             for item in lines:
                 key, value = item.get("key"), item.get("value") or {}
                 if key == "header":
+                    title = value.get("summary") or title
                     parent = value.get("parentCommit")
                     if parent and parent != repo.sha:
                         message = "A commit has happened since. Please refresh and try again."
@@ -1284,6 +1315,12 @@ class HubEmulator:
                     content = value.get("content", "")
                     is_b64 = value.get("encoding") == "base64"
                     files[value["path"]] = base64.b64decode(content) if is_b64 else content.encode()
+                elif key == "lfsFile":
+                    stored = repo.lfs.get(value.get("oid") or "")
+                    if stored is None:
+                        raise _HttpError(422, f"LFS object {value.get('oid')} was not uploaded", "BadRequest")
+                    stored.setdefault("filename", value["path"])
+                    files[value["path"]] = stored["data"]
                 elif key == "deletedFile":
                     if value.get("path") not in files:
                         raise _HttpError(404, "A file with this name doesn't exist", "EntryNotFound")
@@ -1298,7 +1335,7 @@ class HubEmulator:
                 else:
                     message = f"Operation {key!r} is not supported by the hub emulator"
                     raise _HttpError(400, message, "BadRequest")
-            sha = self._commit_files(repo, files)
+            sha = self._commit_files(repo, files, title)
             return _Reply(
                 200,
                 {
@@ -1330,6 +1367,9 @@ class HubEmulator:
                 if recursive or len(rest) == 1:
                     oid = git_blob_sha1(data)
                     entries[path] = {"type": "file", "oid": oid, "size": len(data), "path": path}
+                    sha256 = hashlib.sha256(data).hexdigest()
+                    if sha256 in repo.lfs:
+                        entries[path]["lfs"] = {"oid": sha256, "size": len(data), "pointerSize": 134}
             if base and not entries:
                 raise _HttpError(404, f"{base} does not exist on main", "EntryNotFound")
             return _Reply(200, list(entries.values()))
@@ -1358,6 +1398,134 @@ class HubEmulator:
             data, status = data[start : end + 1], 206
         headers["Content-Length"] = str(len(data))
         return _Reply(status, data, headers, head_only=req.method == "HEAD")
+
+    # ---- routes: history and large files -------------------------------------------------------------
+    def _route_commits(self, req: _Request) -> _Reply:
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"])
+            self._files_at(repo, req.params["rev"])  # 404 for an unknown revision
+            author = [{"user": repo.repo_id.split("/")[0], "avatar": None}]
+            listing = [
+                {"id": sha, "title": title, "message": "", "date": _iso(when), "authors": author}
+                for sha, (title, when) in sorted(repo.commits.items(), key=lambda c: c[1][1], reverse=True)
+            ]
+        return _Reply(200, listing)
+
+    def _route_super_squash(self, req: _Request) -> _Reply:
+        payload = req.json() if req.body else {}
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"], write=True)
+            if req.params["rev"] != "main":
+                raise _HttpError(404, f"Invalid rev id: {req.params['rev']}", "RevisionNotFound")
+            # one commit holding the head's tree; every earlier revision is gone (large files are not)
+            repo.history.clear()
+            repo.commits.clear()
+            sha = self._commit_files(repo, dict(repo.files), payload.get("message") or "Super-squash")
+        return _Reply(200, {"commitId": sha})
+
+    def _route_lfs_batch(self, req: _Request) -> _Reply:
+        rtype = {"datasets/": "dataset", "spaces/": "space"}.get(req.params.get("prefix", ""), "model")
+        payload = req.json()
+        with self._cond:
+            repo = self._get_repo(req, rtype, req.params["ns"], req.params["name"], write=True)
+            objects = []
+            for obj in payload.get("objects") or []:
+                oid, size = str(obj.get("oid")), int(obj.get("size") or 0)
+                answer: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
+                if oid not in repo.lfs:  # no actions: the client skips what the Hub already stores
+                    href = f"{self.url}/_lfs/{rtype}/{repo.repo_id}/{oid}"
+                    answer["actions"] = {"upload": {"href": href}}
+                objects.append(answer)
+        return _Reply(200, {"transfer": "basic", "objects": objects})
+
+    def _route_lfs_upload(self, req: _Request) -> _Reply:
+        oid = req.params["oid"]
+        if hashlib.sha256(req.body).hexdigest() != oid:
+            raise _HttpError(400, "uploaded content does not match its sha256", "BadRequest")
+        with self._cond:
+            repo = self._repos.get((req.params["rtype"], f"{req.params['ns']}/{req.params['name']}"))
+            if repo is None:
+                raise _HttpError(404, "Repository not found", "RepoNotFound")
+            repo.lfs.setdefault(oid, {"data": req.body, "pushedAt": time.time()})
+        return _Reply(200, None)
+
+    def _route_lfs_list(self, req: _Request) -> _Reply:
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"], write=True)
+            listing = [
+                {
+                    "fileOid": oid,
+                    "oid": git_blob_sha1(oid.encode()),
+                    "filename": stored.get("filename", ""),
+                    "pushedAt": _iso(stored["pushedAt"]),
+                    "ref": "main",
+                    "size": len(stored["data"]),
+                }
+                for oid, stored in repo.lfs.items()
+            ]
+        return _Reply(200, listing)
+
+    def _route_lfs_delete(self, req: _Request) -> _Reply:
+        deletions = (req.json() or {}).get("deletions") or {}
+        shas = set(deletions.get("sha") or [])
+        with self._cond:
+            repo = self._get_repo(req, self._rtype(req), req.params["ns"], req.params["name"], write=True)
+            doomed = {oid: repo.lfs.pop(oid)["data"] for oid in shas if oid in repo.lfs}
+            if deletions.get("rewriteHistory"):
+                # every revision forgets the files that pointed at the deleted objects
+                gone = set(doomed.values())
+                for files in repo.history.values():
+                    for path in [p for p, data in files.items() if data in gone]:
+                        del files[path]
+        return _Reply(200, None)
+
+    # ---- what a test asks of the stored state ----------------------------------------------------------
+    def traces(self, repo_id: str, needles: list[bytes], repo_type: str = "dataset") -> list[str]:
+        """Where any of ``needles`` still lies in a repo: ``rev <sha>:<path>`` for any revision, ``lfs <oid>``
+        for the large-file store. Empty when nothing of them is retrievable."""
+        found = []
+        with self._cond:
+            repo = self._repos.get((repo_type, repo_id))
+            if repo is None:
+                return []
+            for sha, files in repo.history.items():
+                found += [f"rev {sha}:{p}" for p, data in files.items() if any(n in data for n in needles)]
+            found += [f"lfs {oid}" for oid, s in repo.lfs.items() if any(n in s["data"] for n in needles)]
+        return found
+
+    def lfs_names(self, repo_id: str, repo_type: str = "dataset") -> dict[str, str]:
+        """The large files a repo stores: sha256 -> the path it was first committed under."""
+        with self._cond:
+            repo = self._repos.get((repo_type, repo_id))
+            return {} if repo is None else {oid: s.get("filename", "") for oid, s in repo.lfs.items()}
+
+    def batch_leftovers(self, repo_id: str, repo_type: str = "dataset") -> list[str]:
+        """What of diarist's batches is still retrievable from a staging repo, at any revision: staged inputs,
+        manifests, results (by path), and stored large files other than the code wheel."""
+        history = [p for p in self.paths_ever(repo_id, repo_type) if p.startswith(BATCH_PREFIXES)]
+        stored = [f"large file {n}" for n in self.lfs_names(repo_id, repo_type).values() if not n.startswith("code/")]
+        return sorted(history) + sorted(stored)
+
+    def paths_ever(self, repo_id: str, repo_type: str = "dataset") -> set[str]:
+        """Every path any retrievable revision of a repo holds."""
+        with self._cond:
+            repo = self._repos.get((repo_type, repo_id))
+            return set() if repo is None else {p for files in repo.history.values() for p in files}
+
+
+def _oid(repo: _Repo, data: bytes) -> str:
+    """A file's id as preupload reports it: the sha256 for a large file, the git blob sha1 otherwise."""
+    sha256 = hashlib.sha256(data).hexdigest()
+    return sha256 if sha256 in repo.lfs else git_blob_sha1(data)
+
+
+def _is_large(item: dict[str, Any]) -> bool:
+    """The Hub's call for a preuploaded file: large or binary content goes to LFS."""
+    try:
+        sample = base64.b64decode(item.get("sample") or "")
+    except ValueError:
+        sample = b""
+    return int(item.get("size") or 0) >= LFS_THRESHOLD_BYTES or b"\x00" in sample
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -62,3 +62,15 @@ class TestDoctor:
         (tmp_path / "in").rmdir()
         proc = diarist("doctor", "--config", str(cfg))
         assert proc.returncode == 1 and "[FAIL] inbox" in proc.stdout
+
+
+class TestUnknownFlavor:
+    def test_run_refuses_to_start_and_names_the_valid_flavors(self, tmp_path):
+        """`diarist run` with a flavor the Jobs API does not list exits 2 before watching anything."""
+        cfg = config(tmp_path)
+        cfg.write_text(cfg.read_text() + '\n[cloud]\nflavor = "h100"\n')
+        proc = diarist("run", "--config", str(cfg))
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "'h100' is not a Hugging Face Jobs hardware flavor" in proc.stderr
+        assert "valid flavors: cpu-basic" in proc.stderr and "h200" in proc.stderr
+        assert not (tmp_path / "ledger.db").exists()

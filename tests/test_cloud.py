@@ -125,11 +125,8 @@ def no_live_jobs(emu: HubEmulator) -> bool:
 
 
 def staged_leftovers(emu: HubEmulator) -> list[str]:
-    try:
-        files = emu.repo_files(STAGING)
-    except KeyError:
-        return []
-    return sorted(p for p in files if p.startswith(("inputs/", "batches/", "jobs/")))
+    """Anything of a batch retrievable from the Hub: at head, at any revision, or as a stored large file."""
+    return emu.batch_leftovers(STAGING)
 
 
 # -- the happy path ---------------------------------------------------------------------------------------

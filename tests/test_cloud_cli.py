@@ -46,7 +46,9 @@ class Emulator:
 
     def staged(self) -> list[str]:
         repos = [r for r in self.state()["repos"] if r["id"] == f"{NS}/diarist-staging"]
-        return [p for r in repos for p in r["files"] if p.startswith(("inputs/", "jobs/", "batches/"))]
+        # at any revision, or as a stored large file: deleted at head is not gone from the Hub
+        history = [p for r in repos for p in r["history_paths"] if p.startswith(("inputs/", "jobs/", "batches/"))]
+        return history + [n for r in repos for n in r["lfs"].values() if not n.startswith("code/")]
 
     def fault(self, spec: dict[str, Any]) -> None:
         req = urllib.request.Request(f"{self.url}/_emulator/faults", data=json.dumps(spec).encode(), method="POST")

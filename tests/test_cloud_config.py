@@ -106,6 +106,13 @@ class TestEveryKey:
         """``flavor = "auto"`` lets the priority policy choose per file."""
         assert cloud({"flavor": "auto"}).flavor == "auto"
 
+    @pytest.mark.parametrize("flavor", ["h100", "a10g-smal", "gpu"])
+    def test_a_flavor_the_jobs_api_does_not_know_is_refused_with_the_valid_list(self, flavor: str) -> None:
+        """A typo or a retired name fails at start, naming the valid flavors, not at the first job's 400."""
+        message = str(config_error({"flavor": flavor}))
+        assert f"'{flavor}' is not a Hugging Face Jobs hardware flavor" in message
+        assert "a10g-small" in message and "l40sx1" in message and "h200" in message and "auto" in message
+
     def test_staging_repo_may_use_the_namespace_placeholder(self) -> None:
         """The placeholder is kept for the Hub handle to fill in once the namespace is known."""
         assert cloud({"staging_repo": "{namespace}/other"}).staging_repo == "{namespace}/other"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -226,7 +227,7 @@ class TestJobs:
         assert prices["a10g-small"] == FlavorPrice("a10g-small", Decimal("0.016667"), PriceUnit.MINUTE, True)
         assert prices["a10g-small"].unit_cost_usd * 60 == pytest.approx(Decimal("1.00"), abs=Decimal("0.0001"))
         assert prices["cpu-basic"].accelerator is False
-        assert prices["h100"].unit_label is PriceUnit.MINUTE
+        assert prices["h200"].unit_label is PriceUnit.MINUTE
         assert len(prices) == 12
 
     def test_transient_inspect_is_retried_with_backoff(self, hub: Hub, emu: HubEmulator, sleep: RecordingSleep) -> None:
@@ -501,3 +502,66 @@ class TestCleanup:
         cloud_fetch.cleanup(hub, None, staged)
         cloud_fetch.cleanup(hub, "never-wrote", [])
         assert sorted(emu.repo_files(STAGING)) == [".gitattributes", wheel_path(sub.wheel)]
+
+
+def binary_audio(tag: bytes) -> bytes:
+    """Binary like real audio (the Hub stores it as a large file), and unique to its test."""
+    return b"RIFF\x00\x10\x00\x00WAVEfmt " + tag + os.urandom(4096)
+
+
+def batch_leftovers(emu: HubEmulator) -> list[str]:
+    return emu.batch_leftovers(STAGING)
+
+
+class TestNothingStaysOnTheHub:
+    def test_no_revision_or_stored_large_file_keeps_any_byte(self, hub: Hub, emu: HubEmulator, tmp_path: Path) -> None:
+        """After clean-up the inputs, manifest and results are in no revision and no stored large file."""
+        sub = Submitter(hub)
+        content = binary_audio(b"one")
+        a = audio_file(tmp_path, "a.wav", content)
+        staged = sub.stage(spec_for([a]))
+        hub.upload({f"{result_folder('j1', a[1])}/result.json": b'{"speakers": 2}'}, "results")
+        assert emu.lfs_names(STAGING)[a[1]] == input_path(a[1], "a.wav"), "staged as a large file, as on the Hub"
+        assert emu.traces(STAGING, [content[20:]])
+
+        cloud_fetch.cleanup(hub, "j1", staged)
+
+        assert emu.traces(STAGING, [content[20:], b"team/a.wav"]) == []
+        assert batch_leftovers(emu) == []
+        # what the real client sees: one revision, and no large file but the code wheel
+        assert len(hub.api.list_repo_commits(STAGING, repo_type="dataset")) == 1
+        lfs = [f.filename for f in hub.api.list_lfs_files(STAGING, repo_type="dataset")]
+        assert lfs == [wheel_path(sub.wheel)]
+
+    def test_an_input_another_hosts_batch_needs_survives_until_that_batch_ends(
+        self, emu: HubEmulator, tmp_path: Path
+    ) -> None:
+        """Two hosts, two ledgers, one staging repo: the same recording in a batch of each."""
+        host_a, host_b = (Submitter(Hub(token=TOKEN, namespace=NS, endpoint=emu.url)) for _ in range(2))
+        shared_audio, a_only_audio = binary_audio(b"shared"), binary_audio(b"a-only")
+        shared = audio_file(tmp_path, "shared.wav", shared_audio)
+        a_only = audio_file(tmp_path, "a-only.wav", a_only_audio)
+        a_staged = host_a.stage(spec_for([shared, a_only], batch_id="a-1", host="a"))
+        b_staged = host_b.stage(spec_for([shared], batch_id="b-1", host="b"))
+
+        cloud_fetch.cleanup(host_a.hub, None, a_staged)
+        assert host_b.hub.read(input_path(shared[1], "shared.wav")) == shared_audio, "b's job can still read it"
+        assert emu.traces(STAGING, [a_only_audio[20:]]) == []
+
+        cloud_fetch.cleanup(host_b.hub, None, b_staged)
+        assert emu.traces(STAGING, [shared_audio[20:], a_only_audio[20:]]) == []
+        assert batch_leftovers(emu) == []
+
+    def test_a_commit_in_between_makes_clean_up_and_staging_decide_again(
+        self, hub: Hub, emu: HubEmulator, tmp_path: Path
+    ) -> None:
+        """Both bind their commit to the head they read: a refused commit (412) is decided again, not lost."""
+        sub = Submitter(hub)
+        a = audio_file(tmp_path, "a.wav", binary_audio(b"race"))
+        emu.add_fault(route="commit", status=412, times=1, message="A commit has happened since.")
+        staged = sub.stage(spec_for([a]))
+        assert manifest_path("b-0001") in emu.repo_files(STAGING)
+        emu.add_fault(route="commit", status=412, times=1, message="A commit has happened since.")
+        cloud_fetch.cleanup(hub, None, staged)
+        assert [r["status"] for r in routes(emu, "commit")] == [412, 200, 412, 200]
+        assert batch_leftovers(emu) == []

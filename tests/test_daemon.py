@@ -116,6 +116,9 @@ class TestDaemonEndToEnd:
         # identical content is reused, not re-run
         again = json.loads((outbox / "again/same-content.json").read_text())
         assert again["reused"]["from_file"] == "slow.wav"
+        # its route says it was reused, not the earlier file's route and reason
+        assert again["route"]["decision"] == "reused" and "as slow.wav" in again["route"]["reason"]
+        assert again["route"]["original"] == slow["route"]
         assert again["segments"] == slow["segments"]
         assert next(r for r in rows if r["rel_path"] == "again/same-content.wav")["inference_runs"] == 0
 

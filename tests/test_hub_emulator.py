@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from huggingface_hub import CommitOperationDelete, HfApi, hf_hub_download
+from huggingface_hub import CommitOperationDelete, HfApi, JobHardware, hf_hub_download
 from huggingface_hub.errors import (
     BadRequestError,
     EntryNotFoundError,
@@ -183,9 +183,10 @@ class TestRepos:
         url = api.create_repo(repo_id, repo_type="dataset", private=True)
         assert url.repo_id == repo_id and url.repo_type == "dataset"
         assert api.repo_info(repo_id, repo_type="dataset").private is True
-        payload = os.urandom(4096)
+        payload = b"\x00" + os.urandom(4095)  # binary: the Hub stores it as a large file (LFS)
         api.upload_file(path_or_fileobj=payload, path_in_repo="dir/blob.bin", repo_id=repo_id, repo_type="dataset")
         assert "dir/blob.bin" in api.list_repo_files(repo_id, repo_type="dataset")
+        assert emu.lfs_names(repo_id) == {hashlib.sha256(payload).hexdigest(): "dir/blob.bin"}
         path = hf_hub_download(
             repo_id, "dir/blob.bin", repo_type="dataset", endpoint=emu.url, token=TOKEN, cache_dir=tmp_path
         )
@@ -384,7 +385,9 @@ class TestHardware:
         """list_jobs_hardware parses per-minute prices matching realistic hourly rates."""
         hardware = {h.name: h for h in api.list_jobs_hardware()}
         required = {"cpu-basic", "cpu-upgrade", "t4-small", "t4-medium", "l4x1", "a10g-small", "a10g-large"}
-        assert required | {"a100-large", "h100"} <= set(hardware)
+        assert required | {"a100-large", "l40sx1", "h200"} <= set(hardware)
+        # the real Hub's names only: the client's JobHardware enum is kept in sync with the Hub API
+        assert set(hardware) <= {h.value for h in JobHardware}
         a10g = hardware["a10g-small"]
         assert a10g.unit_label == "minute" and a10g.unit_cost_usd * 60 == pytest.approx(1.0, rel=1e-3)
         assert a10g.unit_cost_micro_usd == 16667 and a10g.accelerator.model == "A10G"

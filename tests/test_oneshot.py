@@ -75,11 +75,8 @@ def run(settings: Settings, clip: Path, out: Path, engine: Any, request: FileReq
 
 
 def staged_leftovers(emu: HubEmulator) -> list[str]:
-    try:
-        files = emu.repo_files(STAGING)
-    except KeyError:
-        return []
-    return sorted(p for p in files if p.startswith(("inputs/", "batches/", "jobs/")))
+    """Anything of a batch retrievable from the Hub: at head, at any revision, or as a stored large file."""
+    return emu.batch_leftovers(STAGING)
 
 
 def spend(ledger: Ledger, settings: Settings, usd: str, user: str) -> None:

@@ -19,7 +19,7 @@ from diarist.policies.flavor import (
     job_timeout_for,
     update_throughput,
 )
-from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, PriceUnit
+from diarist.policies.pricing import FALLBACK_PRICES, JOB_FLAVORS, FlavorPrice, PriceUnit, unknown_flavor
 
 HOUR = 3600.0
 CPU_FLAVORS = {p.name for p in FALLBACK_PRICES if not p.accelerator}
@@ -46,10 +46,22 @@ class TestFlavorPrice:
         with pytest.raises(ValueError, match="negative"):
             FlavorPrice("x", Decimal("-1"))
 
+    def test_every_built_in_name_is_a_real_jobs_flavor(self) -> None:
+        """The built-in tables name only flavors the Jobs API knows: the client's JobHardware, kept in sync with
+        the Hub by its maintainers; the list of valid names is exactly that enum."""
+        from huggingface_hub import JobHardware
+
+        real = {h.value for h in JobHardware}
+        assert set(JOB_FLAVORS) == real
+        assert {p.name for p in FALLBACK_PRICES} <= real
+        assert set(DEFAULT_THROUGHPUT) <= real
+        assert unknown_flavor("a10g-small") is None
+        assert "valid flavors: cpu-basic" in (unknown_flavor("h100") or "")
+
     def test_fallback_table_covers_published_flavors(self) -> None:
         """The fallback table lists CPU and GPU flavors, each with a positive price and a seed throughput."""
         names = {p.name for p in FALLBACK_PRICES}
-        assert {"cpu-basic", "cpu-upgrade", "t4-small", "l4x1", "a10g-small", "a100-large", "h100"} <= names
+        assert {"cpu-basic", "cpu-upgrade", "t4-small", "l4x1", "a10g-small", "a100-large", "h200"} <= names
         assert CPU_FLAVORS == {"cpu-basic", "cpu-upgrade"}
         assert all(p.unit_cost_usd > 0 for p in FALLBACK_PRICES)
         assert names <= set(DEFAULT_THROUGHPUT)
@@ -63,7 +75,7 @@ class TestChooseFlavor:
 
     def test_speed_picks_fastest(self) -> None:
         """Speed priority takes the flavor with the shortest estimated time."""
-        assert pick(Task.DIARIZATION, Priority.SPEED) == "h100"
+        assert pick(Task.DIARIZATION, Priority.SPEED) == "h200"
 
     def test_balanced_picks_cheapest_near_fastest(self) -> None:
         """Balanced takes the cheapest flavor within 1.5x of the fastest estimate."""
@@ -85,7 +97,7 @@ class TestChooseFlavor:
         """When no flavor fits the limit there is no flavor and the reason says why, without raising."""
         choice = choose_flavor(Task.DIARIZATION, Priority.SPEED, HOUR, FALLBACK_PRICES, DEFAULT_THROUGHPUT, 60)
         assert choice.flavor is None and choice.estimate is None and choice.est_cost_usd is None
-        assert "no flavor finishes" in choice.reason and "h100 needs" in choice.reason
+        assert "no flavor finishes" in choice.reason and "h200 needs" in choice.reason
 
     def test_vad_without_cpu_candidates(self) -> None:
         """VAD with only GPU flavors offered yields no flavor and says CPU is required."""
@@ -108,7 +120,7 @@ class TestChooseFlavor:
         choice = choose_flavor(
             Task.DIARIZATION, Priority.SPEED, HOUR, FALLBACK_PRICES, DEFAULT_THROUGHPUT, forced_flavor="tpu"
         )
-        assert choice.flavor == "h100" and "tpu is not offered" in choice.reason
+        assert choice.flavor == "h200" and "tpu is not offered" in choice.reason
 
     def test_tie_goes_to_faster_then_name(self) -> None:
         """Equal estimated costs are broken by speed, then by name, so the choice is deterministic."""

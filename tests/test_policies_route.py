@@ -241,7 +241,7 @@ class TestDecideRoute:
         ("kwargs", "flavor"),
         [
             ({}, "l4x1"),
-            ({"prefs": UserPrefs(priority_processing=True)}, "h100"),
+            ({"prefs": UserPrefs(priority_processing=True)}, "h200"),
             (
                 {
                     "prefs": UserPrefs(priority_processing=True),
@@ -260,7 +260,7 @@ class TestDecideRoute:
 
     def test_flavor_alone_does_not_force_cloud(self) -> None:
         """A sidecar flavor applies only once the cloud is chosen; a small file still stays local."""
-        assert decide(SMALL, override=FileOverride(flavor="h100")).route is Route.LOCAL
+        assert decide(SMALL, override=FileOverride(flavor="h200")).route is Route.LOCAL
 
     @given(
         size=st.integers(0, 200 * MIB),
