@@ -9,7 +9,6 @@ from typing import Any
 from diarist.handlers.cloud_hub import Hub
 from diarist.handlers.cloud_manifest import CLOUD_BACKEND, Manifest, result_folder
 from diarist.handlers.cloud_submit import is_manifest, staged_sha
-from diarist.handlers.errors import CloudError
 from diarist.handlers.results import validate_result
 
 
@@ -70,18 +69,15 @@ def cleanup(hub: Hub, job_id: str | None, staged: list[str], *, attempts: int = 
     if not staged and not job_id:
         return  # nothing was staged and no job ran: nothing of this batch is on the Hub
     folder = f"jobs/{job_id}/" if job_id else None
-    for attempt in range(attempts):
-        head, files = hub.head()
+
+    def commit(head: str, files: dict[str, str | None]) -> tuple[set[str], dict[str, str | None], set[str]]:
         needed = _inputs_listed(hub, head, [p for p in files if is_manifest(p) and p not in staged])
         doomed = [p for p in staged if p in files and p not in needed]
         folders = [folder] if folder and any(p.startswith(folder) for p in files) else []
-        try:
-            hub.delete(doomed, folders, f"diarist: clean up after {job_id or 'an unstarted batch'}", parent=head)
-            break
-        except CloudError as e:
-            if e.status != 412 or attempt == attempts - 1:  # 412: the head moved on since it was read
-                raise
-    gone = set(doomed) | {p for p in files if folder and p.startswith(folder)}
+        hub.delete(doomed, folders, f"diarist: clean up after {job_id or 'an unstarted batch'}", parent=head)
+        return needed, files, set(doomed) | {p for p in files if folder and p.startswith(folder)}
+
+    needed, files, gone = hub.on_head(commit, attempts=attempts)
     large = {sha for p in staged if p not in needed and (sha := staged_sha(p))}
     hub.forget(large, keep={oid for p, oid in files.items() if oid and p not in gone})
 

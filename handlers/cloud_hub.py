@@ -13,14 +13,16 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, RepoFile
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RemoteEntryNotFoundError
 
-from diarist.handlers.errors import CloudTransientError
+from diarist.handlers.errors import CloudError, CloudTransientError
 from diarist.handlers.hub_errors import call_hub, describe_hub_error
 from diarist.policies.pricing import FlavorPrice, PriceUnit
+
+T = TypeVar("T")
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_TYPE = "dataset"
@@ -161,6 +163,18 @@ class Hub:
             action=f"list files of {self.repo}",
         )
         return sha, {f.path: (f.lfs.sha256 if f.lfs else None) for f in tree if isinstance(f, RepoFile)}
+
+    def on_head(self, commit: Callable[[str, dict[str, str | None]], T], *, attempts: int = 3) -> T:
+        """Run ``commit(head, files)`` (a commit bound to that head) and return what it returns; when another
+        commit landed in between (412), read the head again and retry, up to ``attempts`` times in all."""
+        for attempt in range(attempts):
+            head, files = self.head()
+            try:
+                return commit(head, files)
+            except CloudError as e:
+                if e.status != 412 or attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")  # the loop either returns or raises
 
     def forget(self, large_files: set[str], *, keep: set[str]) -> None:
         """Make what was deleted unretrievable: squash the history to the head's one commit, and permanently

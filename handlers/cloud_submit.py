@@ -21,7 +21,6 @@ from diarist.handlers.cloud_code import Wheel, build_wheel
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.cloud_manifest import Manifest, ManifestItem
 from diarist.handlers.engine_settings import EngineSettings
-from diarist.handlers.errors import CloudError
 
 BOOTSTRAP = Path(__file__).with_name("cloud_bootstrap.py")
 APP_LABEL = "diarist"
@@ -132,20 +131,17 @@ class Submitter:
         self.hub.ensure_repo()
         code = wheel_path(self.wheel)
         owned = sorted({manifest_path(spec.batch_id), *(input_path(i.sha256, i.name) for i in spec.items)})
-        for attempt in range(attempts):
-            head, present = self.hub.head()
+
+        def commit(head: str, present: dict[str, str | None]) -> None:
             files: dict[str, bytes | Path] = {} if code in present else {code: self.wheel.data}
             for item in spec.items:
                 path = input_path(item.sha256, item.name)
                 if path not in files and path not in present:
                     files[path] = item.local_path
             files[manifest_path(spec.batch_id)] = json.dumps(spec.manifest().to_json(), indent=2).encode()
-            try:
-                self.hub.upload(files, f"diarist: stage batch {spec.batch_id} ({len(spec.items)} file(s))", parent=head)
-                break
-            except CloudError as e:
-                if e.status != 412 or attempt == attempts - 1:  # 412: the head moved on since it was read
-                    raise
+            self.hub.upload(files, f"diarist: stage batch {spec.batch_id} ({len(spec.items)} file(s))", parent=head)
+
+        self.hub.on_head(commit, attempts=attempts)
         return owned
 
     def start(self, spec: JobSpec) -> JobSnapshot:
