@@ -112,6 +112,10 @@ class DaemonSettings:
     #: a file held up by a fault diarist can wait out (outbox not writable, a full disk, the ledger locked,
     #: FFmpeg missing) is tried again after this long
     retry_interval: float = 30.0
+    #: how many claimed files may wait for this host's local engine; further stable files stay in the
+    #: inbox, where another host on the share can take them (claiming a whole burst would leave the
+    #: other hosts idle while this one works through it alone)
+    claim_ahead: int = 4
 
 
 @dataclass(frozen=True)
@@ -462,6 +466,7 @@ def parse_settings(
             "lease_seconds",
             "stop_timeout",
             "retry_interval",
+            "claim_ahead",
         },
     )
     log_format = d.get("log_format", str, "auto")
@@ -478,6 +483,7 @@ def parse_settings(
         lease_seconds=d.number("lease_seconds", 60.0, minimum=2.0),
         stop_timeout=d.number("stop_timeout", 240.0, minimum=0.0),
         retry_interval=d.number("retry_interval", 30.0, minimum=1.0),
+        claim_ahead=_whole(d, "claim_ahead", 4, 1),
     )
     m = _Reader(
         top.get("models", dict, {}),

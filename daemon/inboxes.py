@@ -88,6 +88,7 @@ class Intake:
         clock: Callable[[], float],
         beat: Callable[[], None] = lambda: None,
         claimed: Callable[[], None] = lambda: None,
+        room: Callable[[], int] | None = None,
     ):
         self._inboxes = inboxes
         self.ledger = ledger
@@ -98,6 +99,8 @@ class Intake:
         self._beat = beat
         #: a file was claimed: the worker may have something to do
         self._claimed = claimed
+        #: how many more files this host should claim now (None: no limit)
+        self._room = room
         self.events: queue.SimpleQueue[tuple[InboxSettings, Path]] = queue.SimpleQueue()
         self.tracker = intake.StabilityTracker(clock=clock)
         self.file_ids: dict[Path, int] = {}
@@ -117,7 +120,8 @@ class Intake:
             self.scan_all()
             self._next_scan = self._clock() + self._rescan
         self._drain_events()
-        for path in self.tracker.poll(self._stability_for):
+        limit = None if self._room is None else max(self._room(), 0)
+        for path in self.tracker.poll(self._stability_for, limit):
             file_id = self.file_ids.get(path)
             try:
                 self._take(path)

@@ -223,6 +223,16 @@ class Ledger(JobBook):
         )
         return [FileRow.from_row(r) for r in rows]
 
+    def waiting_local(self) -> int:
+        """Files claimed here and not yet started that the local engine will (or may) take: the claim-ahead."""
+        row = next(
+            self.db.query(
+                "select count(*) as n from files where state in (?, ?) and (route is null or route = 'local')",
+                [State.STABLE.value, State.CLAIMED.value],
+            )
+        )
+        return int(row["n"])
+
     def in_state(self, state: State) -> list[FileRow]:
         rows = self.db.query("select * from files where state = ? order by coalesce(queued_at, 0), id", [state.value])
         return [FileRow.from_row(r) for r in rows]

@@ -78,6 +78,7 @@ class Daemon:
             clock=clock,
             beat=lambda: self._beat("intake"),
             claimed=self._wake.set,
+            room=lambda: settings.daemon.claim_ahead - ledger.waiting_local(),
         )
         self.watcher = InboxWatcher(settings.inboxes, self.intake.on_path)
         self.cloud = CloudRoute(

@@ -62,12 +62,15 @@ class StabilityTracker:
     def forget(self, path: Path) -> None:
         self._seen.pop(path, None)
 
-    def poll(self, seconds: Callable[[Path], float]) -> list[Path]:
-        """Re-stat every tracked file; return (and stop tracking) those unchanged for their ``seconds(path)``."""
-        stable = []
+    def poll(self, seconds: Callable[[Path], float], limit: int | None = None) -> list[Path]:
+        """Re-stat every tracked file; return (and stop tracking) those unchanged for their ``seconds(path)``,
+        oldest first, at most ``limit`` of them (the others stay tracked, and stable, for a later poll)."""
+        stable: list[Path] = []
         for path in list(self._seen):
             self.observe(path)
             seen = self._seen.get(path)
+            if limit is not None and len(stable) >= limit:
+                continue
             if seen is not None and self._clock() - seen.since >= seconds(path):
                 stable.append(path)
                 del self._seen[path]

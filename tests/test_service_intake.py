@@ -17,12 +17,12 @@ class FakeClock:
         return self.now
 
 
-def make_daemon(tmp_path: Path, clock: FakeClock) -> tuple[Daemon, Path, Ledger]:
+def make_daemon(tmp_path: Path, clock: FakeClock, host: str = "h1", **daemon: object) -> tuple[Daemon, Path, Ledger]:
     inbox = tmp_path / "inbox"
-    inbox.mkdir()
+    inbox.mkdir(exist_ok=True)
     settings = parse_settings(
         {
-            "daemon": {"ledger": str(tmp_path / "l.db"), "host_id": "h1", "rescan_interval": 60},
+            "daemon": {"ledger": str(tmp_path / f"{host}.db"), "host_id": host, "rescan_interval": 60, **daemon},
             "inbox": [{"path": str(inbox), "outbox": str(tmp_path / "out"), "stability_seconds": 5, "polling": True}],
         },
         env={},
@@ -33,6 +33,10 @@ def make_daemon(tmp_path: Path, clock: FakeClock) -> tuple[Daemon, Path, Ledger]
 
 def states(ledger: Ledger) -> dict[str, str]:
     return {r["rel_path"]: r["state"] for r in ledger.recent(100)}
+
+
+def claimed(ledger: Ledger) -> set[str]:
+    return {name for name, state in states(ledger).items() if state == "claimed"}
 
 
 class TestIntake:
@@ -116,3 +120,30 @@ class TestIntake:
         assert (inbox / ".diarist/failed/link.wav").is_symlink() and outside.read_bytes() == b"secret"
         assert "symbolic link" in (tmp_path / "out" / "link.error.json").read_text()
         assert (inbox / "x.wav.part").exists() and (inbox / "notes.txt").exists()
+
+    def test_a_host_claims_only_what_its_engine_will_reach_soon(self, tmp_path):
+        """With ``claim_ahead = 2`` a burst of six files is not taken whole: two wait claimed, the rest stay in
+        the inbox, where a second host on the share takes its own two; a file the worker starts makes room."""
+        clock = FakeClock()
+        a, inbox, ledger_a = make_daemon(tmp_path, clock, "a", claim_ahead=2)
+        b, _, ledger_b = make_daemon(tmp_path, clock, "b", claim_ahead=2)
+        for i in range(6):
+            (inbox / f"f{i}.wav").write_bytes(b"x" * (100 + i))
+        for d in (a, b):
+            d.intake.scan_all()
+            d.intake_tick()
+        clock.now += 6
+        a.intake_tick()
+        assert claimed(ledger_a) == {"f0.wav", "f1.wav"}  # oldest first
+        assert sorted(p.name for p in inbox.glob("*.wav")) == ["f2.wav", "f3.wav", "f4.wav", "f5.wav"]
+        a.intake_tick()
+        assert len(list(inbox.glob("*.wav"))) == 4, "no room: nothing more claimed"
+        b.intake_tick()
+        assert claimed(ledger_b) == {"f2.wav", "f3.wav"}
+        # host a's worker starts one of its files: one more place
+        first = next(r for r in ledger_a.unfinished() if r.rel_path == "f0.wav")
+        ledger_a.transition(first.id, State.RUNNING)
+        a.intake_tick()
+        assert claimed(ledger_a) == {"f1.wav", "f4.wav"}
+        assert sorted(p.name for p in inbox.glob("*.wav")) == ["f5.wav"]
+        assert ledger_a.waiting_local() == 2 and ledger_b.waiting_local() == 2
