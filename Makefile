@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.diarist-installed
 
-.PHONY: setup demo test bench accuracy soak lint clean
+.PHONY: setup demo test bench accuracy transcription soak lint clean
 
 setup: $(STAMP)
 
@@ -24,6 +24,10 @@ bench: setup
 # not part of the tests: ~10 minutes, stock pyannote vs diarist on real speech (README: Accuracy)
 accuracy: setup
 	$(VENV)/bin/python benchmarks/accuracy.py $(ARGS)
+
+# not part of the tests: ~5 minutes, WER/cpWER of task transcribe on real voices (README: Transcription)
+transcription: setup
+	$(VENV)/bin/python benchmarks/transcription.py $(ARGS)
 
 # not part of the tests: drops files and kills the daemon for MINUTES, then prints the counts (README)
 MINUTES ?= 10

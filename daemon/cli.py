@@ -55,6 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from diarist.daemon.service import Daemon
     from diarist.daemon.supervisor import Supervisor
     from diarist.daemon.worker import build_engine
+    from diarist.handlers.asr import Transcribers
 
     settings = _settings(args)
     configure_logs(settings.daemon.log_format, settings.daemon.log_level)
@@ -75,7 +76,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         device=engine.info.device,
         models=list(engine.info.models),
     )
-    daemon = Daemon(settings, engine=engine, ledger=Ledger(settings.daemon.ledger))
+    transcribers = Transcribers(settings.transcription, token=settings.hf_token)
+    for language in sorted({i.language for i in settings.inboxes if i.task is Task.TRANSCRIBE}):
+        recogniser = transcribers.for_language(language)  # an inbox that asks for it: load now, fail at start
+        log.info("recogniser_loaded", model=recogniser.model_id, language=language)
+    daemon = Daemon(settings, engine=engine, ledger=Ledger(settings.daemon.ledger), transcribers=transcribers)
     supervisor = Supervisor(daemon, Notifier.from_env())
     stop = threading.Event()
 
@@ -102,6 +107,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- process ------------------------------------------------------------------------------------------
 
 
+def _language(value: str | None) -> str | None:
+    from diarist.policies.sidecar import language_problem
+
+    problem = language_problem(value) if value is not None else None
+    if problem:
+        raise ConfigError(f"--language {problem}")
+    return value
+
+
 def cmd_process(args: argparse.Namespace) -> int:
     """Local processing through the daemon's own local route, with a throwaway ledger (``process`` keeps
     nothing: no reuse between runs, no state directory needed)."""
@@ -113,6 +127,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     configure_logs(settings.daemon.log_format, "error")  # stdout is for results; what went wrong goes to stderr
     request = FileRequest(
         task=Task(args.task),
+        language=_language(args.language),
         num_speakers=args.num_speakers,
         min_speakers=args.min_speakers,
         max_speakers=args.max_speakers,
@@ -195,6 +210,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             checks.append((False, "models", str(e)))
     else:
         checks.append((True, "models", f"{settings.models.pipeline} (loaded at start; Hub ids need HF_TOKEN)"))
+    checks.append(_recogniser_check(settings))
     checks.append(
         (True, "token", "HF_TOKEN is set" if settings.hf_token else "HF_TOKEN not set (offline default needs none)")
     )
@@ -222,6 +238,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for ok, name, detail in checks:
         print(f"[{'ok' if ok else 'FAIL'}] {name:8} {detail}")
     return EXIT_OK if all(ok for ok, _, _ in checks) else EXIT_FAILED
+
+
+def _recogniser_check(settings: cfg.Settings) -> tuple[bool, str, str]:
+    """The speech recogniser of task transcribe, loaded (a second) so that a broken install shows here."""
+    from diarist.handlers.asr import Transcribers
+
+    try:
+        recogniser = Transcribers(settings.transcription, token=settings.hf_token).for_language(
+            settings.transcription.language
+        )
+    except ModelError as e:
+        return False, "asr", str(e)
+    return True, "asr", f"{recogniser.model_id} ({settings.transcription.language}; task transcribe)"
 
 
 # -- demo ---------------------------------------------------------------------------------------------
@@ -334,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(proc)
     proc.add_argument("files", nargs="+", type=Path)
     proc.add_argument("--task", choices=[t.value for t in Task], default=Task.DIARIZATION.value)
+    proc.add_argument("--language", help='spoken language for --task transcribe (default: [transcription], "en")')
     proc.add_argument("--out", type=Path, help="output folder (default: beside each input)")
     proc.add_argument("--num-speakers", type=int)
     proc.add_argument("--min-speakers", type=int)

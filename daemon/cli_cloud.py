@@ -19,7 +19,7 @@ from diarist.daemon.ledger import ONESHOT_PREFIX, JobState
 from diarist.handlers.cloud_submit import label_value
 from diarist.handlers.errors import ConfigError, DiaristError
 from diarist.policies.budget import settle_cost
-from diarist.policies.flavor import Priority
+from diarist.policies.flavor import Priority, Task
 from diarist.policies.jobs import ALIVE, JobStage
 from diarist.policies.pricing import FALLBACK_PRICES, format_usd
 from diarist.policies.sidecar import FLAVOR_PATTERN, SIDECAR_SUFFIX
@@ -203,11 +203,21 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         request["priority"] = args.priority
     if args.user:
         request["user"] = args.user
+    if args.task:
+        request["task"] = args.task
+    if args.language:
+        request["language"] = args.language
     return request
 
 
 def cmd_submit(settings: cfg.Settings, args: argparse.Namespace) -> int:
+    from diarist.policies.sidecar import SidecarError, parse_sidecar
+
     request = _request(args)
+    try:
+        asked = parse_sidecar(request)  # what a daemon would refuse is refused here, before anything is queued
+    except SidecarError as e:
+        raise ConfigError(f"diarist submit: {e}") from None
     missing = [p for p in args.files if not p.is_file()]
     if missing:
         for p in missing:
@@ -226,12 +236,7 @@ def cmd_submit(settings: cfg.Settings, args: argparse.Namespace) -> int:
         return EXIT_OK
     from diarist.daemon.logs import configure as configure_logs
     from diarist.daemon.oneshot import RunRequest, run_files
-    from diarist.policies.sidecar import SidecarError, parse_sidecar
 
-    try:
-        asked = parse_sidecar(request)
-    except SidecarError as e:
-        raise ConfigError(f"diarist submit: {e}") from None
     if args.cloud and not settings.hf_token:
         _hub(settings)  # says how to set one (exit 2), as it always has
     configure_logs(settings.daemon.log_format, "error")  # stdout is for results; what went wrong goes to stderr
@@ -320,6 +325,8 @@ def add_commands(sub: Any, common: Any, wrap: Any) -> None:
     submit.add_argument("--flavor", help="Jobs hardware flavor, e.g. a10g-small, t4-small")
     submit.add_argument("--priority", choices=[p.value for p in Priority])
     submit.add_argument("--user", help="whose budget pays for cloud jobs (the per-user cost_limit applies)")
+    submit.add_argument("--task", choices=[t.value for t in Task], help="default: the inbox's task")
+    submit.add_argument("--language", help='spoken language for --task transcribe (default: the inbox\'s, "en")')
     submit.add_argument("--inbox", type=Path, help="queue into this configured inbox (default: the first one)")
     submit.add_argument("--out", type=Path, help="without a daemon: results folder (default: beside each input)")
     submit.set_defaults(func=wrap(cmd_submit))

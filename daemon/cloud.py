@@ -23,10 +23,12 @@ from diarist.daemon.ledger import ONESHOT_PREFIX, FileRow, JobRow, Ledger, State
 from diarist.daemon.outcomes import FileOutcomes
 from diarist.handlers.cloud_hub import Hub
 from diarist.handlers.cloud_manifest import CLOUD_BACKEND
-from diarist.handlers.engine_settings import EngineSettings
+from diarist.handlers.engine_settings import EngineSettings, TranscriptionSettings
 from diarist.handlers.errors import CloudError, ConfigError, TransientError
 from diarist.policies.budget import BudgetDecision, Cap
+from diarist.policies.flavor import Task, effort_seconds
 from diarist.policies.jobs import BatchSettings, QueuedFile, plan_batches
+from diarist.policies.request import ModelIds
 from diarist.policies.route import CloudState, Route, over_budget_route
 
 log = structlog.get_logger("diarist.cloud")
@@ -61,12 +63,13 @@ class CloudRoute:
         token: str | None,
         outcomes: FileOutcomes,
         inboxes: Mapping[str, InboxSettings],
-        model_id: str,
+        model_ids: ModelIds,
         scope: Callable[[str], bool] = lambda inbox: True,
         fileless_jobs: bool = True,
         wall: Callable[[], float] = time.time,
         telemetry: bool = False,
         users: Mapping[str, UserSettings] | None = None,
+        transcription: TranscriptionSettings | None = None,
     ):
         self.settings = settings
         self.ledger = ledger
@@ -91,9 +94,10 @@ class CloudRoute:
             inboxes=inboxes,
             host=host,
             models=models,
-            model_id=model_id,
+            model_ids=model_ids,
             wall=wall,
             telemetry=telemetry,
+            transcription=transcription,
         )
 
     @property
@@ -214,7 +218,8 @@ class CloudRoute:
         decision = None
         for n in range(len(rows), 0, -1):
             part = rows[:n]
-            audio = sum(r.duration or 0.0 for r in part)
+            # a transcribe file is more work per audio second (speech recognition on the job's CPU)
+            audio = sum(effort_seconds(r.task or Task.DIARIZATION, r.duration or 0.0) for r in part)
             figures = self.terms.figures(flavor, audio)
             if figures.reserve_usd is None:
                 for row in part:

@@ -21,7 +21,7 @@ from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.errors import CloudError, PermanentFileError, TransientError
 from diarist.policies.pricing import format_usd
-from diarist.policies.request import InboxDefaults, Question, question
+from diarist.policies.request import InboxDefaults, ModelIds, Question, question
 
 log = structlog.get_logger("diarist.cloud")
 
@@ -51,7 +51,7 @@ class JobEndings:
         outcomes: FileOutcomes,
         inboxes: Mapping[str, InboxSettings],
         cleanup: StagedCleanup,
-        model_id: str,
+        model_ids: ModelIds,
         wall: Callable[[], float],
     ):
         self.settings = settings
@@ -61,7 +61,7 @@ class JobEndings:
         self.out = outcomes
         self._inboxes = inboxes
         self.cleanup = cleanup
-        self.model_id = model_id
+        self.model_ids = model_ids
         self._wall = wall
 
     # -- collect or give up --------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class JobEndings:
         asked = asked_of(row, self._inboxes, strict=True)
         if asked.user:
             doc["user"] = asked.user
-        self.ledger.store_result(row.id, asked.result_key(row.sha256, self.model_id), row.sha256, doc)
+        self.ledger.store_result(row.id, asked.result_key(row.sha256, self.model_ids), row.sha256, doc)
         self.out.finish(self.ledger.get(row.id), doc)
         return True
 

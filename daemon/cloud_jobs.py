@@ -23,10 +23,10 @@ from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.cloud_manifest import CLOUD_BACKEND
 from diarist.handlers.cloud_submit import JobItem, JobSpec, Submitter
 from diarist.handlers.crashpoints import crash_point
-from diarist.handlers.engine_settings import EngineSettings
+from diarist.handlers.engine_settings import EngineSettings, TranscriptionSettings
 from diarist.handlers.errors import CloudError, PermanentFileError, TransientError
 from diarist.policies.jobs import Verdict, judge_job
-from diarist.policies.request import Question
+from diarist.policies.request import ModelIds, Question
 
 log = structlog.get_logger("diarist.cloud")
 
@@ -47,11 +47,13 @@ class CloudJobs:
         inboxes: Mapping[str, InboxSettings],
         host: str,
         models: EngineSettings,
-        model_id: str,
+        model_ids: ModelIds,
         wall: Callable[[], float],
         telemetry: bool = False,
+        transcription: TranscriptionSettings | None = None,
     ):
         self.settings = settings
+        self.transcription = transcription or TranscriptionSettings()
         self.ledger = ledger
         self.terms = terms
         self.availability = availability
@@ -60,7 +62,7 @@ class CloudJobs:
         self._inboxes = inboxes
         self.host = host
         self.models = models
-        self.model_id = model_id
+        self.model_ids = model_ids
         self._wall = wall
         self._telemetry = telemetry
         self._submitter: Submitter | None = None
@@ -73,7 +75,7 @@ class CloudJobs:
             outcomes=outcomes,
             inboxes=inboxes,
             cleanup=self.cleanup,
-            model_id=model_id,
+            model_ids=model_ids,
             wall=wall,
         )
         #: the last transient Hub problem met on a job this tick (None when every job's turn went through)
@@ -111,6 +113,7 @@ class CloudJobs:
             task=asked.task.value,
             speakers=asked.speakers,
             route={"decision": "cloud", "reason": row.route_reason, "flavor": row.flavor},
+            language=asked.language,
         )
 
     # -- stage and start -----------------------------------------------------------------------------
@@ -134,6 +137,7 @@ class CloudJobs:
                 models=self.models,
                 items=tuple(self._item(r) for r in rows),
                 telemetry=self._telemetry,
+                transcription=self.transcription,
             )
             staged = self.submitter.stage(spec)
             self.ledger.update_job(job.batch_id, staged=json.dumps(staged))

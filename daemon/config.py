@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from diarist.handlers.engine_settings import EngineSettings
+from diarist.handlers.engine_settings import BUNDLED_ASR, EngineSettings, TranscriptionSettings
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
 from diarist.policies.pricing import unknown_flavor
-from diarist.policies.request import InboxDefaults
+from diarist.policies.request import InboxDefaults, ModelIds
 from diarist.policies.route import RouteSetting
+from diarist.policies.sidecar import language_problem
 
 DEFAULT_CONFIG_PATHS = (Path("/etc/diarist/diarist.toml"), Path("diarist.toml"))
 BUNDLED_PIPELINE = "bundled"
@@ -60,10 +61,12 @@ class InboxSettings:
     on_success: OnSuccess = OnSuccess.ARCHIVE
     user: str | None = None
     route: RouteSetting = RouteSetting.AUTO
+    #: the spoken language (task transcribe); the [transcription] language unless the inbox says
+    language: str = "en"
 
     def defaults(self) -> InboxDefaults:
         """What this inbox asks of a file whose sidecar does not say (``policies.request.question``)."""
-        return InboxDefaults(task=self.task, speakers=self.speakers.as_kwargs(), user=self.user)
+        return InboxDefaults(task=self.task, speakers=self.speakers.as_kwargs(), user=self.user, language=self.language)
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,11 @@ class Settings:
     users: Mapping[str, UserSettings] = field(default_factory=dict)
     source: Path | None = None
     hf_token: str | None = field(default=None, repr=False)
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
+
+    def model_ids(self) -> ModelIds:
+        """What a stored answer depends on (part of its reuse key)."""
+        return ModelIds(self.models.pipeline, self.transcription.model)
 
 
 def default_ledger_path(env: Mapping[str, str]) -> Path:
@@ -282,10 +290,11 @@ _INBOX_KEYS = {
     "on_success",
     "user",
     "route",
+    "language",
 }
 
 
-def _inbox(table: Any, index: int, file: str, base: Path) -> InboxSettings:
+def _inbox(table: Any, index: int, file: str, base: Path, transcription: TranscriptionSettings) -> InboxSettings:
     prefix = f"inbox[{index}]"
     if not isinstance(table, dict):
         raise ConfigError("each [[inbox]] must be a table", key=prefix, file=file)
@@ -300,6 +309,7 @@ def _inbox(table: Any, index: int, file: str, base: Path) -> InboxSettings:
     outbox = _path(r.get("outbox", str, required=True), base)
     if outbox == path or path in outbox.parents:
         raise r.fail("outbox", f"must not be inside the inbox {path} (results would be picked up as input)")
+    language = _language(r, transcription)
     return InboxSettings(
         path=path,
         outbox=outbox,
@@ -313,7 +323,43 @@ def _inbox(table: Any, index: int, file: str, base: Path) -> InboxSettings:
         on_success=r.choice("on_success", OnSuccess, OnSuccess.ARCHIVE),
         user=r.get("user", str),
         route=r.choice("route", RouteSetting, RouteSetting.AUTO),
+        language=language,
     )
+
+
+def _language(r: _Reader, transcription: TranscriptionSettings) -> str:
+    """A language code, one the configured recogniser hears (found at start, not on the first file)."""
+    language = r.get("language", str, transcription.language)
+    problem = language_problem(language)
+    if problem:
+        raise r.fail("language", problem)
+    if transcription.model == BUNDLED_ASR and language != "en":
+        raise r.fail(
+            "language",
+            f'is "{language}", but the bundled speech recogniser (Moonshine base-en) hears English only; set '
+            "[transcription] model to a faster-whisper model (a local folder or a Hub id such as "
+            '"Systran/faster-whisper-small") and install diarist[whisper], or use language = "en"',
+        )
+    return language
+
+
+def _model_source(r: _Reader, name: str, default: str, base: Path) -> str:
+    """A model key: a name or Hub id as given, a path made absolute against the config's folder."""
+    value = r.get(name, str, default)
+    return str(_path(value, base)) if value.startswith(("/", "./", "../", "~")) else value
+
+
+def _device(r: _Reader) -> str:
+    device = r.get("device", str, "auto")
+    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
+        raise r.fail("device", f'must be "auto", "cpu" or "cuda[:N]", got {device!r}')
+    return device
+
+
+def _transcription(table: Any, file: str, base: Path) -> TranscriptionSettings:
+    t = _Reader(table, "transcription", file, {"model", "language", "device"})
+    settings = TranscriptionSettings(model=_model_source(t, "model", BUNDLED_ASR, base), device=_device(t))
+    return dataclasses.replace(settings, language=_language(t, settings))
 
 
 _CLOUD_ENV = {
@@ -451,7 +497,7 @@ def parse_settings(
     """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()
-    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users"})
+    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription"})
     d = _Reader(
         top.get("daemon", dict, {}),
         "daemon",
@@ -491,12 +537,8 @@ def parse_settings(
         file,
         {"pipeline", "device", "clustering_threshold", "segmentation_batch_size", "embedding_batch_size", "fast"},
     )
-    pipeline = m.get("pipeline", str, BUNDLED_PIPELINE)
-    if pipeline.startswith(("/", "./", "../", "~")):
-        pipeline = str(_path(pipeline, base))
-    device = m.get("device", str, "auto")
-    if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
-        raise m.fail("device", f'must be "auto", "cpu" or "cuda[:N]", got {device!r}')
+    pipeline = _model_source(m, "pipeline", BUNDLED_PIPELINE, base)
+    device = _device(m)
     threshold = m.get("clustering_threshold", (int, float))
     models = ModelSettings(
         pipeline=pipeline,
@@ -507,10 +549,12 @@ def parse_settings(
         fast=m.get("fast", bool, True),
     )
     inboxes = top.get("inbox", list, [])
+    transcription = _transcription(top.get("transcription", dict, {}), file, base)
     return Settings(
         daemon=daemon,
         models=models,
-        inboxes=tuple(_inbox(t, i, file, base) for i, t in enumerate(inboxes)),
+        transcription=transcription,
+        inboxes=tuple(_inbox(t, i, file, base, transcription) for i, t in enumerate(inboxes)),
         cloud=_cloud(top.get("cloud", dict, {}), file, env),
         users=_users(top.get("users", dict, {}), file),
         source=Path(file) if file != "<config>" else None,

@@ -70,6 +70,8 @@ class FileRow:
     queued_at: float | None = None
     #: the outputs' stem relative to the outbox (``reserve_stem``); None on rows from older ledgers
     out_name: str | None = None
+    #: the task it was routed with (set by the router)
+    task: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> FileRow:

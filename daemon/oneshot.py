@@ -23,6 +23,7 @@ from diarist.daemon.config import InboxSettings, Settings
 from diarist.daemon.ledger import ONESHOT_PREFIX, FileRow, Ledger, State
 from diarist.daemon.router import Router
 from diarist.daemon.worker import LocalRunner, build_engine
+from diarist.handlers.asr import Transcribers
 from diarist.handlers.engine import LOCAL_BACKEND, LocalEngine
 from diarist.handlers.errors import DiaristError, ModelError
 from diarist.handlers.intake import sha256_of
@@ -130,7 +131,12 @@ def run_files(
 ) -> int:
     """Process ``files`` now (local, or in cloud jobs when routed there) and return the exit code."""
     key = f"{ONESHOT_PREFIX}{uuid.uuid4().hex[:12]})"
-    inbox = InboxSettings(path=Path(key), outbox=out or Path.cwd(), route=asked.request.route or RouteSetting.AUTO)
+    inbox = InboxSettings(
+        path=Path(key),
+        outbox=out or Path.cwd(),
+        route=asked.request.route or RouteSetting.AUTO,
+        language=settings.transcription.language,
+    )
     inboxes = {key: inbox}
 
     def mine(inbox_key: str) -> bool:
@@ -154,21 +160,23 @@ def run_files(
         token=settings.hf_token,
         outcomes=outcomes,
         inboxes=inboxes,
-        model_id=settings.models.pipeline,
+        model_ids=settings.model_ids(),
         scope=mine,
         wall=wall,
         telemetry=settings.daemon.telemetry,
         users=settings.users,
+        transcription=settings.transcription,
     )
     runner = LocalRunner(
         engine=local_engine,
         ledger=ledger,
         outcomes=outcomes,
         inboxes=inboxes,
-        model_id=settings.models.pipeline,
+        model_ids=settings.model_ids(),
         retry_interval=0.0,
         scope=mine,
         fatal=(ModelError,),
+        transcribers=Transcribers(settings.transcription, token=settings.hf_token),
     )
     router = Router(
         settings,

@@ -67,7 +67,7 @@ class Router:
         assert row.sha256
         request = row.request()
         asked = question(request, inbox.defaults())
-        if self.ledger.result(asked.result_key(row.sha256, self.settings.models.pipeline)):
+        if self.ledger.result(asked.result_key(row.sha256, self.settings.model_ids())):
             self._local(row, "local: identical content was already processed")
             return
         try:

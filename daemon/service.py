@@ -30,6 +30,7 @@ from diarist.daemon.router import Router
 from diarist.daemon.watcher import InboxWatcher
 from diarist.daemon.worker import LocalRunner
 from diarist.handlers import intake
+from diarist.handlers.asr import Transcribers
 from diarist.handlers.engine import LocalEngine
 from diarist.handlers.errors import TransientError
 from diarist.handlers.results import sweep_temporaries
@@ -55,6 +56,7 @@ class Daemon:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         tick: float = 0.25,
+        transcribers: Transcribers | None = None,
     ):
         self.settings = settings
         self.engine = engine
@@ -89,11 +91,12 @@ class Daemon:
             token=settings.hf_token,
             outcomes=self.out,
             inboxes=inboxes,
-            model_id=settings.models.pipeline,
+            model_ids=settings.model_ids(),
             scope=lambda inbox: not inbox.startswith(ONESHOT_PREFIX),
             wall=wall,
             telemetry=settings.daemon.telemetry,
             users=settings.users,
+            transcription=settings.transcription,
         )
         self.router = Router(
             settings,
@@ -110,11 +113,12 @@ class Daemon:
             ledger=ledger,
             outcomes=self.out,
             inboxes=inboxes,
-            model_id=settings.models.pipeline,
+            model_ids=settings.model_ids(),
             retry_interval=settings.daemon.retry_interval,
             clock=clock,
             beat=lambda: self._beat("worker"),
             scope=lambda inbox: not inbox.startswith(ONESHOT_PREFIX),
+            transcribers=transcribers or Transcribers(settings.transcription, token=settings.hf_token),
         )
         self.leases = ShareLeases(settings.inboxes, self._host, settings.daemon.lease_seconds, clock=clock, wall=wall)
         self._scheduler: BackgroundScheduler | None = None

@@ -18,12 +18,14 @@ from structlog.contextvars import bound_contextvars
 from diarist.daemon.config import InboxSettings, Settings
 from diarist.daemon.ledger import FileRow, Ledger, State
 from diarist.daemon.outcomes import FileOutcomes
+from diarist.handlers.asr import Transcribers
 from diarist.handlers.crashpoints import crash_point, hold_point
 from diarist.handlers.engine import LocalEngine
+from diarist.handlers.engine_settings import TranscriptionSettings
 from diarist.handlers.errors import DiaristError, PermanentFileError, TransientError
 from diarist.handlers.local import diarize_file
 from diarist.policies.health import should_release
-from diarist.policies.request import Question, question
+from diarist.policies.request import ModelIds, Question, question
 
 log = structlog.get_logger("diarist")
 
@@ -70,19 +72,22 @@ class LocalRunner:
         ledger: Ledger,
         outcomes: FileOutcomes,
         inboxes: Mapping[str, InboxSettings],
-        model_id: str,
+        model_ids: ModelIds,
         retry_interval: float,
         clock: Callable[[], float] = time.monotonic,
         beat: Callable[[], None] = lambda: None,
         progress_every: float = STATUS_MIN_INTERVAL,
         scope: Callable[[str], bool] = lambda inbox: True,
         fatal: tuple[type[Exception], ...] = (),
+        transcribers: Transcribers | None = None,
     ):
         self._engine = engine
+        #: speech recognition for task transcribe (None: the bundled recogniser, loaded on first use)
+        self.transcribers = transcribers or Transcribers(TranscriptionSettings())
         self.ledger = ledger
         self.out = outcomes
         self._inboxes = inboxes
-        self.model_id = model_id
+        self.model_ids = model_ids
         self._retry_interval = retry_interval
         self._clock = clock
         self._beat = beat
@@ -154,7 +159,7 @@ class LocalRunner:
 
     def _result_for(self, row: FileRow, asked: Question, claimed: Path) -> dict[str, Any]:
         assert row.sha256
-        key = asked.result_key(row.sha256, self.model_id)
+        key = asked.result_key(row.sha256, self.model_ids)
         if row.result_key:  # inference finished before a crash: never run it twice
             stored = self.ledger.result(row.result_key)
             if stored:
@@ -181,6 +186,8 @@ class LocalRunner:
             speakers=asked.speakers,
             route=route,
             progress=self._progress_hook(row),
+            transcribers=self.transcribers,
+            language=asked.language,
         )
         if asked.user:
             doc["user"] = asked.user

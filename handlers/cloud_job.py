@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from huggingface_hub import CommitOperationAdd, HfApi, hf_hub_download
 
     from diarist.handlers import results
+    from diarist.handlers.asr import Transcribers
     from diarist.handlers.cloud_manifest import CLOUD_BACKEND, Manifest, result_folder
     from diarist.handlers.engine import LocalEngine
     from diarist.handlers.errors import DiaristError, ModelError
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         _say(f"model error: {e}")
         return 3
     _say(f"models loaded in {engine.load_seconds:.1f} s on {engine.info.device}")
+    # speech recognition loads on the first transcribe input (most batches never need it)
+    transcribers = Transcribers(manifest.transcription, token=token)
 
     for n, item in enumerate(manifest.items, 1):
         sha = item.sha256
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 task=Task(item.task),
                 speakers=item.speakers,
                 route=item.route,
+                transcribers=transcribers,
+                language=item.language,
                 backend={
                     "backend": CLOUD_BACKEND,
                     "job_id": job_id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from diarist.handlers.engine_settings import EngineSettings
+from diarist.handlers.engine_settings import EngineSettings, TranscriptionSettings
 
 MANIFEST_SCHEMA = "diarist.job/1"
 #: ``engine.backend`` of a result computed in a Hugging Face Job
@@ -30,6 +30,8 @@ class ManifestItem:
     task: str
     speakers: dict[str, int] = field(default_factory=dict)
     route: dict[str, Any] = field(default_factory=dict)
+    #: the spoken language (task transcribe)
+    language: str = "en"
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Manifest:
     models: EngineSettings
     items: tuple[ManifestItem, ...]
     telemetry: bool = False
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -46,6 +49,7 @@ class Manifest:
             "batch": self.batch,
             "flavor": self.flavor,
             "models": self.models.to_json(),
+            "transcription": self.transcription.to_json(),
             "telemetry": self.telemetry,
             "items": [asdict(i) for i in self.items],
         }
@@ -59,6 +63,7 @@ class Manifest:
             batch=doc["batch"],
             flavor=doc["flavor"],
             models=EngineSettings.from_json(doc["models"]),
+            transcription=TranscriptionSettings.from_json(doc.get("transcription", {})),
             telemetry=bool(doc.get("telemetry", False)),
             items=tuple(ManifestItem(**i) for i in doc["items"]),
         )

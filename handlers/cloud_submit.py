@@ -20,7 +20,7 @@ from typing import Any
 from diarist.handlers.cloud_code import Wheel, build_wheel
 from diarist.handlers.cloud_hub import Hub, JobSnapshot
 from diarist.handlers.cloud_manifest import Manifest, ManifestItem
-from diarist.handlers.engine_settings import EngineSettings
+from diarist.handlers.engine_settings import EngineSettings, TranscriptionSettings
 
 BOOTSTRAP = Path(__file__).with_name("cloud_bootstrap.py")
 APP_LABEL = "diarist"
@@ -35,6 +35,7 @@ class JobItem:
     task: str
     speakers: dict[str, int] = field(default_factory=dict)
     route: dict[str, Any] = field(default_factory=dict)
+    language: str = "en"
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class JobSpec:
     models: EngineSettings
     items: tuple[JobItem, ...]
     telemetry: bool = False
+    transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
 
     def manifest(self) -> Manifest:
         return Manifest(
@@ -54,6 +56,7 @@ class JobSpec:
             flavor=self.flavor,
             models=self.models,
             telemetry=self.telemetry,
+            transcription=self.transcription,
             items=tuple(
                 ManifestItem(
                     sha256=i.sha256,
@@ -63,6 +66,7 @@ class JobSpec:
                     task=i.task,
                     speakers=dict(i.speakers),
                     route=dict(i.route),
+                    language=i.language,
                 )
                 for i in self.items
             ),

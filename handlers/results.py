@@ -18,10 +18,12 @@ from typing import Any
 
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.engine import Centroids, Region, Segment
+from diarist.handlers.transcribe import Transcript
 from diarist.policies.names import output_stem, within
 
-#: minor versions add optional fields: 1.1 adds ``centroids``. Readers accept every 1.x.
-SCHEMA = "diarist.result/1.1"
+#: minor versions add optional fields: 1.1 adds ``centroids``, 1.2 ``turns``, ``transcript`` and
+#: ``transcription`` (task transcribe). Readers accept every 1.x.
+SCHEMA = "diarist.result/1.2"
 SCHEMA_MAJOR = "diarist.result/1"
 CENTROID_ENCODING = "base64-float32-le"
 #: the name ending of ``atomic_write``'s temporaries (hidden: they also start with a dot)
@@ -142,6 +144,7 @@ def build_result(
     overlap: tuple[Region, ...] | None,
     speakers_requested: dict[str, int] | None = None,
     centroids: Centroids | None = None,
+    transcript: Transcript | None = None,
 ) -> dict[str, Any]:
     """The ``diarist.result/1.x`` document (README: "What lands in the outbox")."""
     doc: dict[str, Any] = {
@@ -166,6 +169,10 @@ def build_result(
         doc["overlap"] = [vars(r).copy() for r in overlap]
     if centroids is not None:
         doc["centroids"] = centroids_document(centroids)
+    if transcript is not None:
+        doc["transcription"] = {"model": transcript.model, "language": transcript.language}
+        doc["turns"] = [vars(t).copy() for t in transcript.turns]
+        doc["transcript"] = transcript.text()
     return doc
 
 
@@ -227,7 +234,13 @@ def validate_result(doc: Any) -> dict[str, Any]:
         block = doc["centroids"]
         if not (isinstance(block, dict) and isinstance(block.get("speakers"), dict) and "model" in block):
             raise ValueError("field 'centroids' must hold model and speakers")
-    for seg in doc["segments"] + doc["exclusive_segments"]:
+    if "turns" in doc and not (
+        isinstance(doc["turns"], list)
+        and all(isinstance(t, dict) and isinstance(t.get("text"), str) for t in doc["turns"])
+        and isinstance(doc.get("transcript"), str)
+    ):
+        raise ValueError("field 'turns' must be a list of turns with text, beside a 'transcript' string")
+    for seg in doc["segments"] + doc.get("turns", []) + doc["exclusive_segments"]:
         ok = isinstance(seg, dict) and {"start", "end", "speaker"} <= set(seg)
         numbers = ok and all(isinstance(seg[k], int | float) and not isinstance(seg[k], bool) for k in ("start", "end"))
         if not (numbers and seg["end"] >= seg["start"]):

@@ -14,12 +14,26 @@ from .pricing import BILLING_GRANULARITY_SECONDS, FlavorPrice, format_usd
 
 
 class Task(str, Enum):
-    """What a file asks for; ``full`` is diarization plus every extra output."""
+    """What a file asks for; ``full`` is diarization plus every extra output; ``transcribe`` is diarization
+    plus speech recognition of each speaker turn (who said what)."""
 
     DIARIZATION = "diarization"
     VAD = "vad"
     OSD = "osd"
     FULL = "full"
+    TRANSCRIBE = "transcribe"
+
+
+#: how much more work than diarization a task is, per audio second, in a job: speech recognition runs on
+#: the job's CPU cores (the bundled recogniser has no GPU build) at a few times real time, against the
+#: tens of times of diarization on the GPU. Estimates, timeouts and reservations count audio seconds times
+#: this; too high costs only a larger reservation, too low a timed-out job.
+TASK_EFFORT: Mapping[Task, float] = MappingProxyType({Task.TRANSCRIBE: 6.0})
+
+
+def effort_seconds(task: Task | str, audio_seconds: float) -> float:
+    """Audio seconds in diarization-equivalent work (``TASK_EFFORT``)."""
+    return audio_seconds * TASK_EFFORT.get(Task(task), 1.0)
 
 
 class Priority(str, Enum):
@@ -177,6 +191,7 @@ def choose_flavor(
     """
     if audio_seconds < 0:
         raise ValueError(f"audio duration must not be negative, got {audio_seconds}")
+    audio, audio_seconds = audio_seconds, effort_seconds(task, audio_seconds)
     if job_timeout_seconds <= 0:
         raise ValueError(f"job timeout must be positive, got {job_timeout_seconds}")
     notes: list[str] = []
@@ -191,6 +206,8 @@ def choose_flavor(
         if Task(task) is Task.VAD:
             pool = [c for c in pool if not c.accelerator]
             notes.append("VAD runs on CPU flavors only")
+    if audio_seconds != audio:
+        notes.append(f"{Task(task).value} counts as {audio_seconds / audio:g}x the work of diarization")
 
     options: list[_Option] = []
     excluded: list[str] = []
@@ -224,7 +241,7 @@ def choose_flavor(
     if not options:
         why = "; ".join(excluded) if excluded else "no flavor is offered"
         return FlavorChoice(
-            f"{prefix}no flavor finishes {format_seconds(audio_seconds)} of audio within the"
+            f"{prefix}no flavor finishes {format_seconds(audio)} of audio within the"
             f" {format_seconds(job_timeout_seconds)} job limit: {why}"
         )
 

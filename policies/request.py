@@ -18,6 +18,15 @@ class InboxDefaults:
     task: Task = Task.DIARIZATION
     speakers: Mapping[str, int] = field(default_factory=dict)
     user: str | None = None
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class ModelIds:
+    """The configured models an answer depends on: the diarization pipeline and the speech recogniser."""
+
+    pipeline: str
+    asr: str = "bundled"
 
 
 @dataclass(frozen=True)
@@ -25,14 +34,30 @@ class Question:
     task: Task
     speakers: dict[str, int]
     user: str | None
+    #: the spoken language (what speech recognition is asked to hear; only ``transcribe`` uses it)
+    language: str = "en"
 
-    def result_key(self, sha256: str, model: str) -> str:
-        return result_key(sha256, self.task, self.speakers, model)
+    def result_key(self, sha256: str, models: ModelIds) -> str:
+        if self.task is not Task.TRANSCRIBE:
+            return result_key(sha256, self.task, self.speakers, models.pipeline)
+        return result_key(
+            sha256, self.task, self.speakers, models.pipeline, language=self.language, asr_model=models.asr
+        )
 
 
-def result_key(sha256: str, task: Task, speakers: Mapping[str, int], model: str) -> str:
-    """Same content + same question + same model = same answer: the cache key for reuse."""
-    params = json.dumps({"task": Task(task).value, **speakers, "model": model}, sort_keys=True)
+def result_key(
+    sha256: str,
+    task: Task,
+    speakers: Mapping[str, int],
+    model: str,
+    *,
+    language: str | None = None,
+    asr_model: str | None = None,
+) -> str:
+    """Same content + same question + same models = same answer: the cache key for reuse (a transcript in
+    another language, or by another recogniser, is another answer)."""
+    extra = {"language": language, "asr": asr_model} if language is not None else {}
+    params = json.dumps({"task": Task(task).value, **speakers, "model": model, **extra}, sort_keys=True)
     return f"{sha256}:{params}"
 
 
@@ -45,4 +70,9 @@ def question(request: FileRequest, defaults: InboxDefaults) -> Question:
     # speaker counts replace the inbox's as a whole: a sidecar min_speakers next to an inbox num_speakers
     # would otherwise ask for both
     speakers = request.speakers() or dict(defaults.speakers)
-    return Question(Task(request.task or defaults.task), speakers, request.user or defaults.user)
+    return Question(
+        Task(request.task or defaults.task),
+        speakers,
+        request.user or defaults.user,
+        request.language or defaults.language,
+    )

@@ -155,8 +155,8 @@ def _wanted(
     grounds = []
     if file.size_bytes >= settings.min_file_size:
         grounds.append(f"the file is {size} (threshold {threshold})")
-    if task is Task.FULL:
-        grounds.append("task full is heavy for a CPU")
+    if task in (Task.FULL, Task.TRANSCRIBE):
+        grounds.append(f"task {task.value} is heavy for a CPU")
     if grounds:
         return Route.CLOUD, " and ".join(grounds), False
     return Route.LOCAL, f"small {task.value} job ({size} < {threshold}) and cloud is not preferred", False

@@ -4,7 +4,7 @@ The document is small and strict: every key is optional, unknown keys are errors
 change nothing), and each error names the key, the bad value and what is allowed::
 
     {"version": 1, "route": "cloud", "flavor": "a10g-small", "priority": "speed", "task": "full",
-     "speakers": {"min": 2, "max": 4}, "user": "alice"}
+     "speakers": {"min": 2, "max": 4}, "user": "alice", "language": "en"}
 
 Speaker counts may be given flat (``num_speakers``, ``min_speakers``, ``max_speakers``, as in the inbox
 configuration) or nested under ``speakers`` (``num``, ``min``, ``max``). Reading the file is the daemon's job;
@@ -33,7 +33,9 @@ MAX_USER_LENGTH = 100
 _COUNT_KEYS = ("num_speakers", "min_speakers", "max_speakers")
 # Nested spelling -> flat key.
 _NESTED_COUNT_KEYS = {"num": "num_speakers", "min": "min_speakers", "max": "max_speakers"}
-_TOP_KEYS = frozenset({"version", "route", "flavor", "priority", "task", "user", "speakers", *_COUNT_KEYS})
+_TOP_KEYS = frozenset({"version", "route", "flavor", "priority", "task", "user", "speakers", "language", *_COUNT_KEYS})
+#: an ISO 639-1 (or -3) language code, as speech recognisers name languages
+LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}")
 _ENUMS: dict[str, type[Enum]] = {"route": RouteSetting, "priority": Priority, "task": Task}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -66,6 +68,8 @@ class FileRequest:
     min_speakers: int | None = None
     max_speakers: int | None = None
     user: str | None = None
+    #: the spoken language, for ``task = "transcribe"``
+    language: str | None = None
 
     def as_override(self) -> FileOverride:
         """The routing part, for ``decide_route``."""
@@ -192,6 +196,13 @@ def _user(value: object) -> str:
     return value
 
 
+def language_problem(value: object) -> str | None:
+    """Why ``value`` is not a language code diarist takes, or None (shared with the configuration)."""
+    if isinstance(value, str) and LANGUAGE_PATTERN.fullmatch(value):
+        return None
+    return f'must be a lowercase ISO 639-1 language code such as "en", "de" or "fr", got {_describe(value)}'
+
+
 def _count(field: str, value: object) -> int:
     # bool is an int in Python, and JSON's 2.0 is a float: neither is a speaker count.
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -241,6 +252,11 @@ def parse_sidecar(data: object) -> FileRequest:
         values["flavor"] = _flavor(data["flavor"])
     if "user" in data:
         values["user"] = _user(data["user"])
+    if "language" in data:
+        problem = language_problem(data["language"])
+        if problem:
+            raise SidecarError("language", problem)
+        values["language"] = data["language"]
 
     counts = _speaker_counts(data)
     if "num_speakers" in counts and ("min_speakers" in counts or "max_speakers" in counts):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import wave
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +43,28 @@ def speaker_clips(folder: Path) -> dict[str, list[Path]]:
     return clips
 
 
-def build_conversation(folder: Path, speakers: int, audio: Path, rttm: Path, *, seed: int = 0) -> None:
+def build_conversation(
+    folder: Path, speakers: int, audio: Path, rttm: Path, *, seed: int = 0, only: Collection[str] | None = None
+) -> list[tuple[str, str]]:
     """Write a conversation of ``speakers`` voices (every clip of each used once, turns alternating) to
-    ``audio`` (16 kHz WAV) and its reference to ``rttm``."""
+    ``audio`` (16 kHz WAV) and its reference to ``rttm``; ``only``: the clip stems to use. Returns the turns
+    as (speaker, clip stem), in order."""
     rng = random.Random(seed)
     voices = dict(list(speaker_clips(folder).items())[:speakers])
     if len(voices) < speakers:
         raise ValueError(f"{folder} has {len(voices)} speakers, {speakers} wanted")
-    queues = {s: [_trim(_load(p)) for p in paths] for s, paths in voices.items()}
+    queues = {
+        s: [(p.stem, _trim(_load(p))) for p in paths if only is None or p.stem in only] for s, paths in voices.items()
+    }
     for q in queues.values():
         rng.shuffle(q)
     parts, lines, t, last = [np.zeros(int(0.5 * RATE), dtype=np.float32)], [], 0.5, None
+    order: list[tuple[str, str]] = []
     while any(queues.values()):
         choices = [s for s, q in queues.items() if q and s != last] or [s for s, q in queues.items() if q]
         speaker = rng.choice(choices)
-        clip = queues[speaker].pop()
+        stem, clip = queues[speaker].pop()
+        order.append((speaker, stem))
         lines.append(f"SPEAKER {audio.stem} 1 {t:.3f} {len(clip) / RATE:.3f} <NA> <NA> {speaker} <NA> <NA>")
         pause = np.zeros(int(rng.uniform(0.3, 0.9) * RATE), dtype=np.float32)
         parts += [clip.astype(np.float32), pause]
@@ -70,3 +78,18 @@ def build_conversation(folder: Path, speakers: int, audio: Path, rttm: Path, *, 
         out.setframerate(RATE)
         out.writeframes(pcm.tobytes())
     rttm.write_text("\n".join(lines) + "\n")
+    return order
+
+
+def transcripts(folder: Path) -> dict[str, str]:
+    """``transcripts.csv``: clip stem -> the words spoken in it, with one correction. The file gives
+    ``ASR_spk2_snt5`` the words "ken pairs lack full flavor", which are spoken in ``ASR_spk2_snt6`` (not
+    listed); snt5 says something else entirely ("jump the fence and hurry up the bank"): an off-by-one in
+    the source annotations, so the line is moved to snt6."""
+    import csv
+
+    with open(folder / "transcripts.csv", newline="") as f:
+        refs = {Path(row["file"]).stem: row["text"] for row in csv.DictReader(f)}
+    if "ASR_spk2_snt5" in refs and "ASR_spk2_snt6" not in refs:
+        refs["ASR_spk2_snt6"] = refs.pop("ASR_spk2_snt5")
+    return refs

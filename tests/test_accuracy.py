@@ -108,7 +108,7 @@ def test_result_carries_one_centroid_per_speaker(engine, sample, tmp_path):
         route={"route": "local"},
     )
     doc = validate_result(json.loads(json.dumps(doc)))
-    assert doc["schema"] == SCHEMA == "diarist.result/1.1"
+    assert doc["schema"] == SCHEMA == "diarist.result/1.2"
     block = doc["centroids"]
     assert block["model"] == "3D-Speaker/campplus_cn_en_common" and block["dimension"] == 192
     vectors = read_centroids(doc)

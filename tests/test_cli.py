@@ -54,6 +54,7 @@ class TestDoctor:
         proc = diarist("doctor", "--config", str(config(tmp_path)))
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "[ok] ffmpeg" in proc.stdout and "bundled offline models" in proc.stdout
+        assert "[ok] asr      UsefulSensors/moonshine-base" in proc.stdout
         assert "native events" in proc.stdout or "polling" in proc.stdout
 
     def test_missing_inbox_fails(self, tmp_path):

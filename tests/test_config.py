@@ -228,7 +228,11 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
     ("number as polling", INBOX + "polling = 1\n", "inbox[0].polling"),
     ("ignore not a list", INBOX + "ignore = '*.tmp'\n", "inbox[0].ignore"),
     ("ignore with a number", INBOX + "ignore = ['*.tmp', 1]\n", "inbox[0].ignore"),
-    ("bad task", INBOX + "task = 'transcribe'\n", "inbox[0].task"),
+    ("bad task", INBOX + "task = 'translate'\n", "inbox[0].task"),
+    ("bad language", INBOX + "language = 'English'\n", "inbox[0].language"),
+    ("language the bundled recogniser does not hear", INBOX + "language = 'de'\n", "inbox[0].language"),
+    ("bad transcription default language", "[transcription]\nlanguage = 'fr'\n", "transcription.language"),
+    ("unknown transcription key", "[transcription]\nmodle = 'x'\n", "transcription.modle"),
     ("bad on_success", INBOX + "on_success = 'shred'\n", "inbox[0].on_success"),
     ("bad route", INBOX + "route = 'moon'\n", "inbox[0].route"),
     ("user not a string", INBOX + "user = 5\n", "inbox[0].user"),
@@ -258,8 +262,8 @@ class TestConfigErrors:
 
     def test_choice_error_lists_options(self, tmp_path: Path) -> None:
         """A bad enum value's message lists the valid choices and repeats the bad value."""
-        message = str(config_error(tmp_path, INBOX + "task = 'transcribe'\n"))
-        assert all(t.value in message for t in Task) and "transcribe" in message
+        message = str(config_error(tmp_path, INBOX + "task = 'translate'\n"))
+        assert all(t.value in message for t in Task) and "translate" in message
 
     def test_invalid_toml_names_file(self, tmp_path: Path) -> None:
         """A file that is not TOML raises ConfigError naming the file."""
@@ -299,7 +303,7 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 class TestCommandLine:
     def test_run_with_bad_config_exits_2(self, tmp_path: Path) -> None:
         """diarist run with an invalid config exits 2 and names the key and the file on stderr."""
-        write(tmp_path, INBOX + "task = 'transcribe'\n", "bad.toml")
+        write(tmp_path, INBOX + "task = 'translate'\n", "bad.toml")
         done = cli("run", "--config", "bad.toml", cwd=tmp_path)
         assert done.returncode == 2, done.stderr
         assert "inbox[0].task" in done.stderr and "bad.toml" in done.stderr

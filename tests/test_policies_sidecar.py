@@ -26,8 +26,10 @@ from diarist.policies.sidecar import MAX_FLAVOR_LENGTH, MAX_USER_LENGTH
 
 ROUTES = "'auto', 'local', 'cloud'"
 PRIORITIES = "'cost', 'balanced', 'speed'"
-TASKS = "'diarization', 'vad', 'osd', 'full'"
-ALLOWED_KEYS = "flavor, max_speakers, min_speakers, num_speakers, priority, route, speakers, task, user, version"
+TASKS = "'diarization', 'vad', 'osd', 'full', 'transcribe'"
+ALLOWED_KEYS = (
+    "flavor, language, max_speakers, min_speakers, num_speakers, priority, route, speakers, task, user, version"
+)
 POSITIVE = "positive integer"
 
 
@@ -62,6 +64,7 @@ VALID: list[tuple[str, Any, FileRequest]] = [
     *[(f"route {r.value}", {"route": r.value}, FileRequest(route=r)) for r in RouteSetting],
     *[(f"priority {p.value}", {"priority": p.value}, FileRequest(priority=p)) for p in Priority],
     *[(f"task {t.value}", {"task": t.value}, FileRequest(task=t)) for t in Task],
+    ("language de", {"task": "transcribe", "language": "de"}, FileRequest(task=Task.TRANSCRIBE, language="de")),
     *[(f"flavor {p.name}", {"flavor": p.name}, FileRequest(flavor=p.name)) for p in FALLBACK_PRICES],
     *[(f"flavor {name}", {"flavor": name}, FileRequest(flavor=name)) for name in ("rtx-pro-6000x8", "cpu-xl")],
     ("user", {"user": "alice"}, FileRequest(user="alice")),
@@ -128,8 +131,10 @@ INVALID: list[tuple[str, Any, str | None, tuple[str, ...]]] = [
     ("route deferred is an outcome, not a request", {"route": "deferred"}, "route", (ROUTES,)),
     ("priority unknown", {"priority": "fast"}, "priority", (PRIORITIES, "got 'fast'")),
     ("priority number", {"priority": 1}, "priority", (PRIORITIES, "got 1")),
-    ("task unknown", {"task": "transcribe"}, "task", (TASKS, "got 'transcribe'")),
+    ("task unknown", {"task": "translate"}, "task", (TASKS, "got 'translate'")),
     ("task object", {"task": {}}, "task", (TASKS, "got an object")),
+    ("language a name", {"language": "English"}, "language", ("ISO 639-1", '"en"', "got 'English'")),
+    ("language a number", {"language": 7}, "language", ("ISO 639-1", "got 7")),
     ("flavor uppercase", {"flavor": "A10G-small"}, "flavor", ("'a10g-small'", "lowercase", "got 'A10G-small'")),
     ("flavor empty", {"flavor": ""}, "flavor", ("'cpu-basic'", "got ''")),
     ("flavor with space", {"flavor": "t4 small"}, "flavor", ("'t4-small'", "got 't4 small'")),
