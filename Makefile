@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.diarist-installed
 
-.PHONY: setup demo test bench accuracy transcription soak lint clean
+.PHONY: setup demo test bench accuracy transcription identify soak lint clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ accuracy: setup
 # not part of the tests: ~5 minutes, WER/cpWER of task transcribe on real voices (README: Transcription)
 transcription: setup
 	$(VENV)/bin/python benchmarks/transcription.py $(ARGS)
+
+# not part of the tests: ~3 minutes, names on known voices on the dev set's AMI clips (README: Known voices)
+identify: setup
+	$(VENV)/bin/python benchmarks/identify.py $(ARGS)
 
 # not part of the tests: drops files and kills the daemon for MINUTES, then prints the counts (README)
 MINUTES ?= 10

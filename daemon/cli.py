@@ -107,6 +107,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 # -- process ------------------------------------------------------------------------------------------
 
 
+def formats_of(values: list[str] | None) -> tuple[str, ...] | None:
+    """``--format srt --format vtt`` or ``--format srt,vtt``; None when not given (the inbox's apply)."""
+    from diarist.policies.formats import parse_formats
+
+    if not values:
+        return None
+    formats, problem = parse_formats([v.strip() for value in values for v in value.split(",") if v.strip()])
+    if problem:
+        raise ConfigError(f"--format: {problem}")
+    return formats
+
+
 def _language(value: str | None) -> str | None:
     from diarist.policies.sidecar import language_problem
 
@@ -128,6 +140,7 @@ def cmd_process(args: argparse.Namespace) -> int:
     request = FileRequest(
         task=Task(args.task),
         language=_language(args.language),
+        formats=formats_of(args.format),
         num_speakers=args.num_speakers,
         min_speakers=args.min_speakers,
         max_speakers=args.max_speakers,
@@ -253,6 +266,38 @@ def _recogniser_check(settings: cfg.Settings) -> tuple[bool, str, str]:
     return True, "asr", f"{recogniser.model_id} ({settings.transcription.language}; task transcribe)"
 
 
+# -- export -------------------------------------------------------------------------------------------
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Render stored results in other formats, without recomputing anything."""
+    from diarist.handlers.exports import render
+    from diarist.handlers.results import OutputPaths, atomic_write, read_result, rttm_of
+
+    formats = formats_of(args.format) or ()
+    wanted_rttm = any(v.strip().lower() == "rttm" for value in args.format for v in value.split(","))
+    if not formats and not wanted_rttm:
+        raise ConfigError("--format: name at least one of srt, vtt, textgrid, eaf, audacity, csv, rttm")
+    failed = 0
+    for result in args.results:
+        try:
+            doc = read_result(result)
+        except (OSError, ValueError) as e:
+            print(f"diarist: {result}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        stem = result.name.removesuffix(".json")
+        paths = OutputPaths.for_stem((args.out or result.parent).resolve(), stem)
+        paths.json.parent.mkdir(parents=True, exist_ok=True)
+        if wanted_rttm:
+            atomic_write(paths.rttm, rttm_of(doc).encode("utf-8"))
+            print(f"{result} -> {paths.rttm}")
+        for fmt in formats:
+            atomic_write(paths.export(fmt), render(doc, fmt))
+            print(f"{result} -> {paths.export(fmt)}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 # -- demo ---------------------------------------------------------------------------------------------
 
 
@@ -364,11 +409,20 @@ def build_parser() -> argparse.ArgumentParser:
     proc.add_argument("files", nargs="+", type=Path)
     proc.add_argument("--task", choices=[t.value for t in Task], default=Task.DIARIZATION.value)
     proc.add_argument("--language", help='spoken language for --task transcribe (default: [transcription], "en")')
+    proc.add_argument(
+        "--format", action="append", help="also write srt, vtt, textgrid, eaf, audacity, csv (repeat or comma-separate)"
+    )
     proc.add_argument("--out", type=Path, help="output folder (default: beside each input)")
     proc.add_argument("--num-speakers", type=int)
     proc.add_argument("--min-speakers", type=int)
     proc.add_argument("--max-speakers", type=int)
     proc.set_defaults(func=cmd_process)
+
+    export = sub.add_parser("export", help="write stored results (JSON) in other formats, without recomputing")
+    export.add_argument("results", nargs="+", type=Path, help="result JSON files")
+    export.add_argument("--format", action="append", required=True, help="srt, vtt, textgrid, eaf, audacity, csv, rttm")
+    export.add_argument("--out", type=Path, help="output folder (default: beside each result)")
+    export.set_defaults(func=cmd_export)
 
     status = sub.add_parser("status", help="recent files and their states from the ledger")
     common(status)
@@ -383,9 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     def settings_first(fn: Any) -> Any:
         return lambda args: fn(_settings(args), args)
 
-    from diarist.daemon.cli_cloud import add_commands
+    from diarist.daemon import cli_cloud, cli_voices
 
-    add_commands(sub, common, settings_first)
+    cli_cloud.add_commands(sub, common, settings_first)
+    cli_voices.add_commands(sub, common, settings_first)
 
     demo = sub.add_parser("demo", help="start the daemon, drop pyannote's sample into ./inbox, print the result")
     demo.add_argument("--inbox", type=Path, default=Path("inbox"))

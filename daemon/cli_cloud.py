@@ -207,6 +207,8 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
         request["task"] = args.task
     if args.language:
         request["language"] = args.language
+    if args.format:
+        request["formats"] = [v.strip() for value in args.format for v in value.split(",") if v.strip()]
     return request
 
 
@@ -327,6 +329,7 @@ def add_commands(sub: Any, common: Any, wrap: Any) -> None:
     submit.add_argument("--user", help="whose budget pays for cloud jobs (the per-user cost_limit applies)")
     submit.add_argument("--task", choices=[t.value for t in Task], help="default: the inbox's task")
     submit.add_argument("--language", help='spoken language for --task transcribe (default: the inbox\'s, "en")')
+    submit.add_argument("--format", action="append", help="also write srt, vtt, textgrid, eaf, audacity, csv")
     submit.add_argument("--inbox", type=Path, help="queue into this configured inbox (default: the first one)")
     submit.add_argument("--out", type=Path, help="without a daemon: results folder (default: beside each input)")
     submit.set_defaults(func=wrap(cmd_submit))

@@ -22,6 +22,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from diarist.handlers.engine_settings import BUNDLED_ASR, EngineSettings, TranscriptionSettings
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
+from diarist.policies.formats import parse_formats
+from diarist.policies.identify import DEFAULT_THRESHOLD
 from diarist.policies.pricing import unknown_flavor
 from diarist.policies.request import InboxDefaults, ModelIds
 from diarist.policies.route import RouteSetting
@@ -63,10 +65,20 @@ class InboxSettings:
     route: RouteSetting = RouteSetting.AUTO
     #: the spoken language (task transcribe); the [transcription] language unless the inbox says
     language: str = "en"
+    #: result formats beyond RTTM and JSON
+    formats: tuple[str, ...] = ()
+    #: put names on known voices (``[identify]``, ``diarist voices``); false opts this inbox out
+    identify: bool = True
 
     def defaults(self) -> InboxDefaults:
         """What this inbox asks of a file whose sidecar does not say (``policies.request.question``)."""
-        return InboxDefaults(task=self.task, speakers=self.speakers.as_kwargs(), user=self.user, language=self.language)
+        return InboxDefaults(
+            task=self.task,
+            speakers=self.speakers.as_kwargs(),
+            user=self.user,
+            language=self.language,
+            formats=self.formats,
+        )
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,16 @@ class UserSettings:
 
 
 @dataclass(frozen=True)
+class IdentifySettings:
+    """``[identify]``: names on known voices (enrolled with ``diarist voices add``)."""
+
+    #: "names": RTTM and exports label a matched speaker by name; "generic": SPEAKER_xx (the JSON says both)
+    labels: str = "names"
+    #: cosine similarity a speaker needs to get a name (calibrated on the dev set: README, Known voices)
+    threshold: float = DEFAULT_THRESHOLD
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     models: ModelSettings
@@ -180,6 +202,7 @@ class Settings:
     source: Path | None = None
     hf_token: str | None = field(default=None, repr=False)
     transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
+    identify: IdentifySettings = field(default_factory=IdentifySettings)
 
     def model_ids(self) -> ModelIds:
         """What a stored answer depends on (part of its reuse key)."""
@@ -291,6 +314,8 @@ _INBOX_KEYS = {
     "user",
     "route",
     "language",
+    "formats",
+    "identify",
 }
 
 
@@ -310,6 +335,9 @@ def _inbox(table: Any, index: int, file: str, base: Path, transcription: Transcr
     if outbox == path or path in outbox.parents:
         raise r.fail("outbox", f"must not be inside the inbox {path} (results would be picked up as input)")
     language = _language(r, transcription)
+    formats, problem = parse_formats(r.get("formats", list, []))
+    if problem:
+        raise r.fail("formats", problem)
     return InboxSettings(
         path=path,
         outbox=outbox,
@@ -324,6 +352,8 @@ def _inbox(table: Any, index: int, file: str, base: Path, transcription: Transcr
         user=r.get("user", str),
         route=r.choice("route", RouteSetting, RouteSetting.AUTO),
         language=language,
+        formats=formats,
+        identify=r.get("identify", bool, True),
     )
 
 
@@ -354,6 +384,17 @@ def _device(r: _Reader) -> str:
     if device not in ("auto", "cpu") and not re.fullmatch(r"cuda(:\d+)?", device):
         raise r.fail("device", f'must be "auto", "cpu" or "cuda[:N]", got {device!r}')
     return device
+
+
+def _identify(table: Any, file: str) -> IdentifySettings:
+    r = _Reader(table, "identify", file, {"labels", "threshold"})
+    labels = r.get("labels", str, "names")
+    if labels not in ("names", "generic"):
+        raise r.fail("labels", f'must be "names" or "generic", got {labels!r}')
+    threshold = r.number("threshold", DEFAULT_THRESHOLD, minimum=0.0)
+    if threshold > 1.0:
+        raise r.fail("threshold", f"is a cosine similarity: at most 1.0, got {threshold}")
+    return IdentifySettings(labels=labels, threshold=threshold)
 
 
 def _transcription(table: Any, file: str, base: Path) -> TranscriptionSettings:
@@ -497,7 +538,7 @@ def parse_settings(
     """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()
-    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription"})
+    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription", "identify"})
     d = _Reader(
         top.get("daemon", dict, {}),
         "daemon",
@@ -554,6 +595,7 @@ def parse_settings(
         daemon=daemon,
         models=models,
         transcription=transcription,
+        identify=_identify(top.get("identify", dict, {}), file),
         inboxes=tuple(_inbox(t, i, file, base, transcription) for i, t in enumerate(inboxes)),
         cloud=_cloud(top.get("cloud", dict, {}), file, env),
         users=_users(top.get("users", dict, {}), file),

@@ -115,6 +115,12 @@ def create_schema(db: sqlite_utils.Database) -> None:
         db["events"].create_index(["file_id"])
     if "results" not in tables:
         db["results"].create({"key": str, "file_id": int, "sha256": str, "doc": str, "created_at": float}, pk="key")
+    if "voiceprints" not in tables:
+        # known voices (biometric data: never logged, never sent anywhere; ``diarist voices remove`` deletes)
+        db["voiceprints"].create(
+            {"name": str, "model": str, "vector": str, "speech_seconds": float, "clips": int, "created_at": float},
+            pk=("name", "model"),
+        )
     if "cleanups" not in tables:
         # batches whose staged files are still on the Hub because deleting them failed: retried every tick
         db["cleanups"].create({"batch_id": str, "job_id": str, "staged": str, "created_at": float}, pk="batch_id")

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from diarist.daemon.cloud import CloudRoute
-from diarist.daemon.config import InboxSettings, Settings
+from diarist.daemon.config import IdentifySettings, InboxSettings, Settings
 from diarist.daemon.ledger import ONESHOT_PREFIX, FileRow, Ledger, State
+from diarist.daemon.outcomes import named
 from diarist.daemon.router import Router
 from diarist.daemon.worker import LocalRunner, build_engine
 from diarist.handlers.asr import Transcribers
@@ -41,8 +42,19 @@ class PrintedOutcomes:
     """``FileOutcomes`` for a run in a terminal: results beside the input (or in ``out``), errors on stderr.
     The input is never moved."""
 
-    def __init__(self, ledger: Ledger, out: Path | None, *, progress: bool):
+    def __init__(
+        self,
+        ledger: Ledger,
+        out: Path | None,
+        *,
+        progress: bool,
+        voices: Ledger | None = None,
+        identify: IdentifySettings | None = None,
+    ):
         self.ledger = ledger
+        #: the ledger that holds the enrolled voices (``process`` runs on a throwaway one)
+        self._voices = voices
+        self._identify = identify or IdentifySettings()
         self._out = out
         self._progress = progress and sys.stderr.isatty()
         self._bar_open = False
@@ -59,7 +71,9 @@ class PrintedOutcomes:
     def finish(self, row: FileRow, doc: dict[str, Any]) -> None:
         path = self._path(row)
         paths = OutputPaths.for_input((self._out or path.parent).resolve(), path.name)
-        write_result(paths, doc)
+        if self._voices is not None:
+            doc = named(doc, self._voices, self._identify)
+        write_result(paths, doc, row.request().formats or ())
         self.ledger.transition(row.id, State.DONE, detail=json.dumps({"rttm": str(paths.rttm)}))
         if self._bar_open:
             sys.stderr.write("\n")
@@ -142,7 +156,9 @@ def run_files(
     def mine(inbox_key: str) -> bool:
         return inbox_key == key
 
-    outcomes = PrintedOutcomes(ledger, out, progress=progress)
+    known = settings.daemon.ledger
+    voices = ledger if ledger.path == known else Ledger(known) if known.exists() else None
+    outcomes = PrintedOutcomes(ledger, out, progress=progress, voices=voices, identify=settings.identify)
     loaded: list[LocalEngine] = []
 
     def local_engine() -> LocalEngine:

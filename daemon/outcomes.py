@@ -16,13 +16,15 @@ from typing import Any, Protocol
 
 import structlog
 
-from diarist.daemon.config import InboxSettings, OnSuccess
+from diarist.daemon.config import IdentifySettings, InboxSettings, OnSuccess
 from diarist.daemon.leases import Reclaimed
 from diarist.daemon.ledger import FileRow, Ledger, State
+from diarist.daemon.voices import VoiceBook
 from diarist.handlers import intake
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.engine import LOCAL_BACKEND
 from diarist.handlers.errors import DiaristError, TransientError
+from diarist.handlers.identity import centroid_model, identify
 from diarist.handlers.outbox import reserve_stem
 from diarist.handlers.results import (
     OutputPaths,
@@ -34,6 +36,7 @@ from diarist.handlers.results import (
     write_result,
 )
 from diarist.policies.names import output_stem, printable
+from diarist.policies.request import question
 from diarist.policies.sidecar import SIDECAR_SUFFIX
 
 log = structlog.get_logger("diarist")
@@ -64,6 +67,17 @@ def follow(audio_from: Path, audio_to: Path, move: Callable[[Path, Path], object
 def stem_of(row: FileRow) -> str:
     """Where this file's outputs go in its outbox (chosen at claim time; rows from older ledgers: its name)."""
     return row.out_name or output_stem(row.rel_path)
+
+
+def named(doc: dict[str, Any], ledger: Ledger, settings: IdentifySettings) -> dict[str, Any]:
+    """``doc`` with names on its known voices, from the voiceprints enrolled now. Done as the result is
+    written, never stored: the ledger keeps the name-free inference result, so a reused or re-delivered result
+    is named with the voiceprints of the day (enrolling a voice never makes inference run again)."""
+    model = centroid_model(doc)
+    prints = VoiceBook(ledger).vectors(model) if model else {}
+    if not prints:
+        return doc
+    return identify(doc, prints, threshold=settings.threshold, labels=settings.labels)
 
 
 class FileOutcomes(Protocol):
@@ -101,8 +115,10 @@ class Outcomes:
         wall: Callable[[], float],
         inboxes: Mapping[str, InboxSettings],
         wake: threading.Event | None = None,
+        identify: IdentifySettings | None = None,
     ):
         self.ledger = ledger
+        self._identify = identify or IdentifySettings()
         self._host = host
         self._wall = wall
         self._inboxes = inboxes
@@ -122,7 +138,9 @@ class Outcomes:
         inbox = self.inbox_of(row)
         claimed = Path(row.claim_path or "")
         paths = OutputPaths.for_stem(inbox.outbox, stem_of(row))
-        write_result(paths, doc)
+        if inbox.identify:
+            doc = named(doc, self.ledger, self._identify)
+        write_result(paths, doc, question(row.request(), inbox.defaults()).formats)
         crash_point("result_written")
         # only now, with the result safely on disk, does the input leave the processing folder
         if not claimed.is_file():  # moved on by a run that crashed before it could record so

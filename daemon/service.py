@@ -70,7 +70,7 @@ class Daemon:
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.heartbeats: dict[str, float] = {}
-        self.out = Outcomes(ledger, self._host, wall, inboxes, self._wake)
+        self.out = Outcomes(ledger, self._host, wall, inboxes, self._wake, identify=settings.identify)
         self.intake = Intake(
             inboxes,
             ledger=ledger,

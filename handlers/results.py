@@ -18,6 +18,7 @@ from typing import Any
 
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.engine import Centroids, Region, Segment
+from diarist.handlers.exports import EXTENSIONS, label_names, render
 from diarist.handlers.transcribe import Transcript
 from diarist.policies.names import output_stem, within
 
@@ -210,6 +211,15 @@ def read_centroids(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: np.frombuffer(base64.b64decode(v), dtype="<f4") for k, v in block["speakers"].items()}
 
 
+def read_result(path: Path) -> dict[str, Any]:
+    """A result JSON file, checked (``ValueError`` names what is wrong; ``OSError`` when unreadable)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"not JSON: {e}") from e
+    return validate_result(doc)
+
+
 def validate_result(doc: Any) -> dict[str, Any]:
     """Check a parsed result document's shape; raises ``ValueError`` with the offending field."""
     schema = doc.get("schema") if isinstance(doc, dict) else None
@@ -261,6 +271,10 @@ class OutputPaths:
     status: Path
     error: Path
 
+    def export(self, fmt: str) -> Path:
+        """Where format ``fmt`` (``exports.FORMATS``) of this result lands: ``<stem>.<extension>``."""
+        return self.json.with_name(self.json.name.removesuffix(".json") + "." + EXTENSIONS[fmt])
+
     @classmethod
     def for_input(cls, outbox: Path, relative_path: str) -> OutputPaths:
         """Outputs named after the input (made storable on any share; see ``policies.names``)."""
@@ -283,14 +297,20 @@ def dumps(doc: dict[str, Any]) -> bytes:
 
 
 def rttm_of(doc: dict[str, Any]) -> str:
-    """The RTTM text of a result document (uri: the file name without its extension)."""
-    return to_rttm(doc["source"]["name"].rsplit(".", 1)[0], segments_from_result(doc))
+    """The RTTM text of a result document (uri: the file name without its extension; labels: the identified
+    names when the result says names are the labels)."""
+    names = {label: "_".join(name.split()) for label, name in label_names(doc).items()}  # one RTTM field
+    segments = [Segment(s.start, s.end, names.get(s.speaker, s.speaker)) for s in segments_from_result(doc)]
+    return to_rttm(doc["source"]["name"].rsplit(".", 1)[0], segments)
 
 
-def write_result(paths: OutputPaths, doc: dict[str, Any]) -> None:
-    """RTTM first, JSON last: a present JSON means the RTTM beside it is complete too."""
+def write_result(paths: OutputPaths, doc: dict[str, Any], formats: Iterable[str] = ()) -> None:
+    """RTTM first, the asked-for formats (``exports``), JSON last: a present JSON means everything beside it
+    is complete too."""
     atomic_write(paths.rttm, rttm_of(doc).encode("utf-8"))
     crash_point("result_rttm")
+    for fmt in formats:
+        atomic_write(paths.export(fmt), render(doc, fmt))
     atomic_write(paths.json, dumps(doc))
     remove_quietly(paths.status)
     remove_quietly(paths.error)

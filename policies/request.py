@@ -19,6 +19,7 @@ class InboxDefaults:
     speakers: Mapping[str, int] = field(default_factory=dict)
     user: str | None = None
     language: str = "en"
+    formats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Question:
     user: str | None
     #: the spoken language (what speech recognition is asked to hear; only ``transcribe`` uses it)
     language: str = "en"
+    #: result formats beyond RTTM and JSON (rendering only: not part of the reuse key)
+    formats: tuple[str, ...] = ()
 
     def result_key(self, sha256: str, models: ModelIds) -> str:
         if self.task is not Task.TRANSCRIBE:
@@ -75,4 +78,5 @@ def question(request: FileRequest, defaults: InboxDefaults) -> Question:
         speakers,
         request.user or defaults.user,
         request.language or defaults.language,
+        request.formats if request.formats is not None else defaults.formats,
     )

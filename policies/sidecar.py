@@ -21,6 +21,7 @@ from enum import Enum
 from typing import Any
 
 from .flavor import Priority, Task
+from .formats import parse_formats
 from .pricing import FALLBACK_PRICES, JOB_FLAVORS
 from .route import FileOverride, RouteSetting
 
@@ -33,7 +34,9 @@ MAX_USER_LENGTH = 100
 _COUNT_KEYS = ("num_speakers", "min_speakers", "max_speakers")
 # Nested spelling -> flat key.
 _NESTED_COUNT_KEYS = {"num": "num_speakers", "min": "min_speakers", "max": "max_speakers"}
-_TOP_KEYS = frozenset({"version", "route", "flavor", "priority", "task", "user", "speakers", "language", *_COUNT_KEYS})
+_TOP_KEYS = frozenset(
+    {"version", "route", "flavor", "priority", "task", "user", "speakers", "language", "formats", *_COUNT_KEYS}
+)
 #: an ISO 639-1 (or -3) language code, as speech recognisers name languages
 LANGUAGE_PATTERN = re.compile(r"[a-z]{2,3}")
 _ENUMS: dict[str, type[Enum]] = {"route": RouteSetting, "priority": Priority, "task": Task}
@@ -70,6 +73,8 @@ class FileRequest:
     user: str | None = None
     #: the spoken language, for ``task = "transcribe"``
     language: str | None = None
+    #: result formats beyond RTTM and JSON (``policies.formats``)
+    formats: tuple[str, ...] | None = None
 
     def as_override(self) -> FileOverride:
         """The routing part, for ``decide_route``."""
@@ -85,7 +90,9 @@ class FileRequest:
         for f in fields(self):
             value = getattr(self, f.name)
             if value is not None:
-                out[f.name] = value.value if isinstance(value, Enum) else value
+                out[f.name] = (
+                    value.value if isinstance(value, Enum) else list(value) if isinstance(value, tuple) else value
+                )
         return out
 
     @classmethod
@@ -99,6 +106,8 @@ class FileRequest:
         if unknown:
             raise ValueError(f"unknown FileRequest field(s): {', '.join(unknown)}")
         values = dict(data)
+        if values.get("formats") is not None:
+            values["formats"] = tuple(values["formats"])
         for key, enum in _ENUMS.items():
             if values.get(key) is not None:
                 values[key] = enum(values[key])
@@ -257,6 +266,14 @@ def parse_sidecar(data: object) -> FileRequest:
         if problem:
             raise SidecarError("language", problem)
         values["language"] = data["language"]
+    if "formats" in data:
+        if not isinstance(data["formats"], list):
+            raise SidecarError(
+                "formats", f'must be a list such as ["srt", "textgrid"], got {_describe(data["formats"])}'
+            )
+        values["formats"], problem = parse_formats(data["formats"])
+        if problem:
+            raise SidecarError("formats", problem)
 
     counts = _speaker_counts(data)
     if "num_speakers" in counts and ("min_speakers" in counts or "max_speakers" in counts):

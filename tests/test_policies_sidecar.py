@@ -28,7 +28,8 @@ ROUTES = "'auto', 'local', 'cloud'"
 PRIORITIES = "'cost', 'balanced', 'speed'"
 TASKS = "'diarization', 'vad', 'osd', 'full', 'transcribe'"
 ALLOWED_KEYS = (
-    "flavor, language, max_speakers, min_speakers, num_speakers, priority, route, speakers, task, user, version"
+    "flavor, formats, language, max_speakers, min_speakers, num_speakers, priority, route, speakers, task, user,"
+    " version"
 )
 POSITIVE = "positive integer"
 
@@ -65,6 +66,7 @@ VALID: list[tuple[str, Any, FileRequest]] = [
     *[(f"priority {p.value}", {"priority": p.value}, FileRequest(priority=p)) for p in Priority],
     *[(f"task {t.value}", {"task": t.value}, FileRequest(task=t)) for t in Task],
     ("language de", {"task": "transcribe", "language": "de"}, FileRequest(task=Task.TRANSCRIBE, language="de")),
+    ("formats", {"formats": ["VTT", "json", "srt"]}, FileRequest(formats=("vtt", "srt"))),
     *[(f"flavor {p.name}", {"flavor": p.name}, FileRequest(flavor=p.name)) for p in FALLBACK_PRICES],
     *[(f"flavor {name}", {"flavor": name}, FileRequest(flavor=name)) for name in ("rtx-pro-6000x8", "cpu-xl")],
     ("user", {"user": "alice"}, FileRequest(user="alice")),
@@ -135,6 +137,8 @@ INVALID: list[tuple[str, Any, str | None, tuple[str, ...]]] = [
     ("task object", {"task": {}}, "task", (TASKS, "got an object")),
     ("language a name", {"language": "English"}, "language", ("ISO 639-1", '"en"', "got 'English'")),
     ("language a number", {"language": 7}, "language", ("ISO 639-1", "got 7")),
+    ("formats not a list", {"formats": "srt"}, "formats", ('["srt", "textgrid"]', "got 'srt'")),
+    ("formats unknown", {"formats": ["srt", "docx"]}, "formats", ("'docx'", "textgrid")),
     ("flavor uppercase", {"flavor": "A10G-small"}, "flavor", ("'a10g-small'", "lowercase", "got 'A10G-small'")),
     ("flavor empty", {"flavor": ""}, "flavor", ("'cpu-basic'", "got ''")),
     ("flavor with space", {"flavor": "t4 small"}, "flavor", ("'t4-small'", "got 't4 small'")),

@@ -3,6 +3,8 @@ offline), through ``diarist process``, the daemon and a cloud job on the loopbac
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import subprocess
 import sys
@@ -59,7 +61,8 @@ def test_process_transcribes_each_speaker_turn(tmp_path: Path, conversation) -> 
     with the speakers as diarized), one transcript line per turn, the RTTM as for diarization."""
     conv, truth = conversation
     done = subprocess.run(
-        [sys.executable, "-m", "diarist.daemon.cli", "process", str(conv), "--task", "transcribe", "--out", "out"],
+        [sys.executable, "-m", "diarist.daemon.cli", "process", str(conv), "--task", "transcribe", "--out", "out"]
+        + ["--format", "srt,vtt", "--format", "textgrid", "--format", "eaf,audacity,csv"],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -120,7 +123,7 @@ def test_the_daemon_transcribes_a_dropped_file_and_refuses_a_language_it_cannot_
     """A transcribe inbox: the dropped conversation comes out with turns and a transcript, its status said
     it was transcribing on the way; a file whose sidecar asks for German fails aside with the reason."""
     conv, truth = conversation
-    config, inbox, outbox, _ = daemon_config(tmp_path, task="transcribe")
+    config, inbox, outbox, _ = daemon_config(tmp_path, task="transcribe", formats=["vtt", "csv"])
     daemon = daemon_factory(config).start()
     assert '"event": "recogniser_loaded"' in daemon.text()
     german = inbox / "german.wav"
@@ -142,6 +145,11 @@ def test_the_daemon_transcribes_a_dropped_file_and_refuses_a_language_it_cannot_
     flat, _ = scores(doc, truth)
     assert doc["task"] == "transcribe" and flat <= MAX_WER, doc["transcript"]
     assert "transcription" in steps, steps
+    # the inbox's formats, with the words
+    assert [r["text"] for r in csv.DictReader(io.StringIO((outbox / "talk.csv").read_text()))] == [
+        t["text"] for t in doc["turns"]
+    ]
+    assert (outbox / "talk.vtt").read_text().startswith("WEBVTT")
 
     finished(daemon, "german.wav", timeout=120, event="failed")
     error = json.loads((outbox / "german.error.json").read_text())
