@@ -9,6 +9,7 @@ import dataclasses
 import json
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -131,6 +132,24 @@ class RunRequest:
     local_reason: str | None = None
 
 
+def voices_ledger(settings: Settings, ledger: Ledger) -> Ledger | None:
+    """The ledger that holds the enrolled voices, for naming speakers: this run's own, or the configured one
+    when it exists and can be read (``process`` runs on a throwaway ledger; a daemon's ledger this account
+    may not open costs the names, never the run)."""
+    known = settings.daemon.ledger
+    if ledger.path == known:
+        return ledger
+    if not known.exists():
+        return None
+    try:
+        voices = Ledger(known)
+        voices.db.execute("select 1 from voiceprints limit 1")
+        return voices
+    except (OSError, sqlite3.Error, DiaristError) as e:
+        print(f"diarist: known voices not read from {known} ({e}); speakers keep their generic labels", file=sys.stderr)
+        return None
+
+
 def run_files(
     settings: Settings,
     files: list[Path],
@@ -156,9 +175,9 @@ def run_files(
     def mine(inbox_key: str) -> bool:
         return inbox_key == key
 
-    known = settings.daemon.ledger
-    voices = ledger if ledger.path == known else Ledger(known) if known.exists() else None
-    outcomes = PrintedOutcomes(ledger, out, progress=progress, voices=voices, identify=settings.identify)
+    outcomes = PrintedOutcomes(
+        ledger, out, progress=progress, voices=voices_ledger(settings, ledger), identify=settings.identify
+    )
     loaded: list[LocalEngine] = []
 
     def local_engine() -> LocalEngine:

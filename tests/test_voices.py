@@ -151,3 +151,24 @@ def test_enrolled_people_are_named_and_nobody_else(tmp_path: Path) -> None:
     )
     outputs += done.stdout + done.stderr + again.stderr + gone.stderr + listed.stdout
     assert not [v for v in stored if v[:24] in outputs]
+
+
+def test_process_keeps_going_when_the_daemons_ledger_cannot_be_read(tmp_path: Path, capsys) -> None:
+    """``process`` reads known voices from the configured ledger; one it cannot open costs the names (with a
+    line saying so), never the run."""
+    from diarist.daemon.oneshot import voices_ledger
+
+    broken = tmp_path / "ledger.db"
+    broken.mkdir()  # exists, but is no SQLite file
+    settings = parse_settings({"daemon": {"ledger": str(broken)}}, env={})
+    assert voices_ledger(settings, Ledger(tmp_path / "throwaway.db")) is None
+    assert "known voices not read" in capsys.readouterr().err
+    good = parse_settings({"daemon": {"ledger": str(tmp_path / "good.db")}}, env={})
+    Ledger(tmp_path / "good.db")
+    assert voices_ledger(good, Ledger(tmp_path / "throwaway.db")) is not None
+    assert (
+        voices_ledger(
+            parse_settings({"daemon": {"ledger": str(tmp_path / "absent.db")}}, env={}), Ledger(tmp_path / "t2.db")
+        )
+        is None
+    )
