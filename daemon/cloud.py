@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from diarist.daemon.cloud_jobs import CloudJobs
-from diarist.daemon.cloud_terms import Availability, CloudTerms
+from diarist.daemon.cloud_terms import Availability, CloudTerms, work_seconds
 from diarist.daemon.config import CloudSettings, InboxSettings, UserSettings
 from diarist.daemon.ledger import ONESHOT_PREFIX, FileRow, JobRow, Ledger, State
 from diarist.daemon.outcomes import FileOutcomes
@@ -26,7 +26,6 @@ from diarist.handlers.cloud_manifest import CLOUD_BACKEND
 from diarist.handlers.engine_settings import EngineSettings, TranscriptionSettings
 from diarist.handlers.errors import CloudError, ConfigError, TransientError
 from diarist.policies.budget import BudgetDecision, Cap
-from diarist.policies.flavor import Task, effort_seconds
 from diarist.policies.jobs import BatchSettings, QueuedFile, plan_batches
 from diarist.policies.request import ModelIds
 from diarist.policies.route import CloudState, Route, over_budget_route
@@ -218,9 +217,10 @@ class CloudRoute:
         decision = None
         for n in range(len(rows), 0, -1):
             part = rows[:n]
-            # a transcribe file is more work per audio second (speech recognition on the job's CPU)
-            audio = sum(effort_seconds(r.task or Task.DIARIZATION, r.duration or 0.0) for r in part)
-            figures = self.terms.figures(flavor, audio)
+            audio = sum(r.duration or 0.0 for r in part)
+            # time and money are sized by the work: a transcribe file is more per audio second (speech
+            # recognition on the job's CPU); the job records its audio, which usage reports
+            figures = self.terms.figures(flavor, work_seconds(part))
             if figures.reserve_usd is None:
                 for row in part:
                     self.jobs.end.give_up_file(row, None, f"no price is known for flavor {flavor}", None, [])

@@ -12,7 +12,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from diarist.daemon.cloud_cleanup import StagedCleanup
-from diarist.daemon.cloud_terms import CloudTerms
+from diarist.daemon.cloud_terms import CloudTerms, work_seconds
 from diarist.daemon.config import CloudSettings, InboxSettings
 from diarist.daemon.ledger import FileRow, JobRow, JobState, Ledger, State
 from diarist.daemon.outcomes import FileOutcomes
@@ -75,7 +75,8 @@ class JobEndings:
             with bound_contextvars(file=row.rel_path, sha=(row.sha256 or "")[:12], route="cloud"):
                 self._collect_file(job, snap, row)
         self.ledger.settle_job(job.batch_id, state=JobState.COLLECTED, cost_usd=cost, finished_at=self._wall())
-        self.terms.learn(job.flavor, job.audio_seconds, snap.running_seconds)
+        # the throughput table is in diarization-equivalent seconds, as the estimates that read it
+        self.terms.learn(job.flavor, work_seconds(self.ledger.job_files(job.batch_id)), snap.running_seconds)
         log.info(
             "job_collected",
             job=job.job_id,

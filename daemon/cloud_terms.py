@@ -3,7 +3,7 @@ built-in table), the throughput learned from settled jobs, the caps per user, an
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -12,17 +12,30 @@ from zoneinfo import ZoneInfo
 import structlog
 
 from diarist.daemon.config import CloudSettings, UserSettings
-from diarist.daemon.ledger import Ledger
+from diarist.daemon.ledger import FileRow, Ledger
 from diarist.handlers.cloud_hub import Hub
 from diarist.handlers.errors import DiaristError
 from diarist.policies.budget import BudgetCaps, settle_cost
-from diarist.policies.flavor import DEFAULT_THROUGHPUT, estimate_seconds, job_timeout_for, update_throughput
+from diarist.policies.flavor import (
+    DEFAULT_THROUGHPUT,
+    Task,
+    effort_seconds,
+    estimate_seconds,
+    job_timeout_for,
+    update_throughput,
+)
 from diarist.policies.pricing import FALLBACK_PRICES, FlavorPrice, PriceUnit
 
 log = structlog.get_logger("diarist.cloud")
 
 PRICES_KEY = "prices"
 THROUGHPUT_KEY = "throughput"
+
+
+def work_seconds(rows: Iterable[FileRow]) -> float:
+    """A batch's audio in diarization-equivalent seconds (``policies.flavor.effort_seconds``): what job
+    estimates, timeouts and the learned throughput are measured in."""
+    return sum(effort_seconds(r.task or Task.DIARIZATION, r.duration or 0.0) for r in rows)
 
 
 @dataclass(frozen=True)

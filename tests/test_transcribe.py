@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 from wer import cpwer, wer
 
+from diarist.daemon.cloud_terms import THROUGHPUT_KEY
 from diarist.daemon.config import parse_settings
 from diarist.daemon.ledger import Ledger
 from diarist.daemon.oneshot import RunRequest, run_files
 from diarist.handlers import audio
 from diarist.handlers.results import parse_rttm, validate_result
-from diarist.policies.flavor import DEFAULT_THROUGHPUT, Task, effort_seconds, job_timeout_for
+from diarist.policies.flavor import DEFAULT_THROUGHPUT, Task, effort_seconds, job_timeout_for, update_throughput
 from diarist.policies.route import RouteSetting
 from diarist.policies.sidecar import FileRequest
 
@@ -189,4 +190,18 @@ def test_a_cloud_job_transcribes_with_the_same_code(tmp_path: Path, conversation
     duration = audio.probe(conv).duration or 0.0
     assert job["timeoutSeconds"] == job_timeout_for(
         effort_seconds(Task.TRANSCRIBE, duration), DEFAULT_THROUGHPUT["t4-small"], startup_seconds=120
+    )
+    # usage counts the audio; the learned throughput is in the same work units as the estimates that read it
+    ledger = Ledger(settings.daemon.ledger)
+    (row,) = ledger.jobs()
+    assert row.audio_seconds == pytest.approx(duration, abs=0.01)
+    learned = (ledger.get_value(THROUGHPUT_KEY) or ({}, 0))[0]["t4-small"]
+    assert learned == pytest.approx(
+        update_throughput(
+            DEFAULT_THROUGHPUT,
+            "t4-small",
+            effort_seconds(Task.TRANSCRIBE, duration),
+            row.running_seconds,
+            startup_seconds=min(settings.cloud.startup_seconds, row.running_seconds * 0.5),
+        )["t4-small"]
     )
