@@ -54,6 +54,8 @@ def split_at_pauses(
         window = [(energy[i], i) for i in range(lo, min(hi, len(energy)))]
         cut = (min(window)[1] + 0.5) * hop if window else at + max_seconds
         cut = min(max(cut, at + hop), at + max_seconds)
+        if cut >= end:  # a turn a rounding error longer than the window: no empty last piece
+            break
         pieces.append((at, cut))
         at = cut
     pieces.append((at, end))

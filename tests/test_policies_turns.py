@@ -49,6 +49,10 @@ class TestSplit:
         with pytest.raises(ValueError):
             split_at_pauses(0.0, 1.0, max_seconds=0.0, energy=[], hop=0.05)
 
+    def test_a_turn_a_rounding_error_longer_than_the_window_is_one_piece(self) -> None:
+        """31.0 + 1.00001 - 31.0 is a hair above 1.00001 in floating point: no empty piece at the end."""
+        assert split_at_pauses(31.0, 32.00001, max_seconds=1.00001, energy=[], hop=0.05) == [(31.0, 32.00001)]
+
     @given(
         start=st.floats(0, 100),
         length=st.floats(0.1, 300),
