@@ -109,11 +109,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def formats_of(values: list[str] | None) -> tuple[str, ...] | None:
     """``--format srt --format vtt`` or ``--format srt,vtt``; None when not given (the inbox's apply)."""
-    from diarist.policies.formats import parse_formats
+    from diarist.policies.formats import format_args, parse_formats
 
     if not values:
         return None
-    formats, problem = parse_formats([v.strip() for value in values for v in value.split(",") if v.strip()])
+    formats, problem = parse_formats(format_args(values))
     if problem:
         raise ConfigError(f"--format: {problem}")
     return formats
@@ -273,9 +273,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Render stored results in other formats, without recomputing anything."""
     from diarist.handlers.exports import render
     from diarist.handlers.results import OutputPaths, atomic_write, read_result, rttm_of
+    from diarist.policies.formats import format_args
 
     formats = formats_of(args.format) or ()
-    wanted_rttm = any(v.strip().lower() == "rttm" for value in args.format for v in value.split(","))
+    wanted_rttm = "rttm" in (name.lower() for name in format_args(args.format))
     if not formats and not wanted_rttm:
         raise ConfigError("--format: name at least one of srt, vtt, textgrid, eaf, audacity, csv, rttm")
     failed = 0

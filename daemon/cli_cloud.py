@@ -20,6 +20,7 @@ from diarist.handlers.cloud_submit import label_value
 from diarist.handlers.errors import ConfigError, DiaristError
 from diarist.policies.budget import settle_cost
 from diarist.policies.flavor import Priority, Task
+from diarist.policies.formats import format_args
 from diarist.policies.jobs import ALIVE, JobStage
 from diarist.policies.pricing import FALLBACK_PRICES, format_usd
 from diarist.policies.sidecar import FLAVOR_PATTERN, SIDECAR_SUFFIX
@@ -208,7 +209,7 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     if args.language:
         request["language"] = args.language
     if args.format:
-        request["formats"] = [v.strip() for value in args.format for v in value.split(",") if v.strip()]
+        request["formats"] = format_args(args.format)
     return request
 
 

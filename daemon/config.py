@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from diarist.handlers.engine_settings import BUNDLED_ASR, EngineSettings, TranscriptionSettings
+from diarist.handlers.engine_settings import BUNDLED_ASR, EngineSettings, TranscriptionSettings, unheard_language
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
 from diarist.policies.formats import parse_formats
@@ -363,13 +363,9 @@ def _language(r: _Reader, transcription: TranscriptionSettings) -> str:
     problem = language_problem(language)
     if problem:
         raise r.fail("language", problem)
-    if transcription.model == BUNDLED_ASR and language != "en":
-        raise r.fail(
-            "language",
-            f'is "{language}", but the bundled speech recogniser (Moonshine base-en) hears English only; set '
-            "[transcription] model to a faster-whisper model (a local folder or a Hub id such as "
-            '"Systran/faster-whisper-small") and install diarist[whisper], or use language = "en"',
-        )
+    if not transcription.hears(language):
+        message, hint = unheard_language(language)
+        raise ConfigError(message, key=r.key("language"), file=r.file, hint=hint)
     return language
 
 

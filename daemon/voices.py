@@ -4,15 +4,11 @@
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from diarist.daemon.ledger import Ledger
-
-VECTOR_ENCODING = "<f4"
+from diarist.handlers.results import text_vector, vector_text
 
 
 @dataclass(frozen=True)
@@ -31,13 +27,12 @@ class VoiceBook:
 
     def add(self, name: str, model: str, vector: list[float], speech_seconds: float, clips: int) -> None:
         """Enrol (or replace) ``name``'s voiceprint for ``model``."""
-        blob = base64.b64encode(np.asarray(vector, dtype=VECTOR_ENCODING).tobytes()).decode("ascii")
         with self.ledger.transaction() as db:
             db["voiceprints"].upsert(
                 {
                     "name": name,
                     "model": model,
-                    "vector": blob,
+                    "vector": vector_text(vector),
                     "speech_seconds": round(speech_seconds, 3),
                     "clips": clips,
                     "created_at": time.time(),
@@ -51,7 +46,7 @@ class VoiceBook:
             Voiceprint(
                 r["name"],
                 r["model"],
-                tuple(np.frombuffer(base64.b64decode(r["vector"]), dtype=VECTOR_ENCODING).tolist()),
+                tuple(text_vector(r["vector"]).tolist()),
                 r["speech_seconds"],
                 r["clips"],
                 r["created_at"],

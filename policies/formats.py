@@ -9,6 +9,11 @@ EXPORT_FORMATS = ("srt", "vtt", "textgrid", "eaf", "audacity", "csv")
 ALWAYS = ("rttm", "json")
 
 
+def format_args(values: Iterable[str]) -> list[str]:
+    """Format names as given on a command line: ``--format srt --format vtt,csv``, blanks dropped."""
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
+
+
 def parse_formats(values: Iterable[object]) -> tuple[tuple[str, ...], str | None]:
     """``(formats to render, problem)``: the known names in the order given, without duplicates and without
     the always-written ones; ``problem`` names the first unknown one and the choices (None when all are known)."""
