@@ -162,7 +162,7 @@ class Intake:
             if not is_text(rel):
                 self._refuse(inbox, path, rel, name_refused(path.name))
                 continue
-            if inbox.on_success is OnSuccess.KEEP and self.ledger.is_kept(str(inbox.path), rel, signature(path)):
+            if inbox.on_success is OnSuccess.KEEP and self.ledger.is_kept(str(inbox.path), signature(path)):
                 continue
             if path not in self.file_ids:
                 self.file_ids[path] = self.ledger.discover(str(inbox.path), rel)

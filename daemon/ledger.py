@@ -267,12 +267,16 @@ class Ledger(JobBook):
         )
         return FileRow.from_row(row) if row else None
 
-    def is_kept(self, inbox: str, rel_path: str, signature: str) -> bool:
-        """True when this exact file (size + mtime) was processed and left in place (``on_success = "keep"``)."""
+    def is_kept(self, inbox: str, signature: str) -> bool:
+        """True when this exact file (size + mtime) was processed and put back (``on_success = "keep"``).
+
+        Not tied to the row's state: the signature is recorded before the file goes back, and the intake may
+        see it there before the row is ``done``. Nor to its name: a same-named newcomer makes it ``x (2).wav``.
+        A failed row never kept anything, so a file moved back from ``failed/`` for another try is taken."""
         row = next(
             self.db.query(
-                "select 1 from files where inbox = ? and rel_path = ? and state = ? and kept_signature = ? limit 1",
-                [inbox, rel_path, State.DONE.value, signature],
+                "select 1 from files where inbox = ? and kept_signature = ? and state != ? limit 1",
+                [inbox, signature, State.FAILED.value],
             ),
             None,
         )

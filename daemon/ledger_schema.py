@@ -100,6 +100,8 @@ def create_schema(db: sqlite_utils.Database) -> None:
     for name, kind in FILE_COLUMNS_V2.items():
         if name not in db["files"].columns_dict:  # a ledger from before the cloud route
             db["files"].add_column(name, kind)
+    # a keep inbox's rescans ask about every file in it, every few seconds
+    db["files"].create_index(["inbox", "kept_signature"], if_not_exists=True)
     if "jobs" not in tables:
         db["jobs"].create(JOB_COLUMNS, pk="batch_id", not_null={"state", "namespace", "repo", "flavor"})
         db["jobs"].create_index(["job_id"])

@@ -154,11 +154,12 @@ class Outcomes:
                 remove_quietly(companion(claimed))
             moved = None
         else:
-            # "keep": back where the user put it; the ledger remembers its size and mtime so it is not retaken
+            # "keep": back where the user put it. The ledger learns its size and mtime (a move keeps both) before
+            # the move, so the intake, which may see it reappear at once, never takes it for a new file
+            self.ledger.set_fields(row.id, kept_signature=signature(claimed))
             target = intake.move_no_clobber(claimed, inbox.path / row.rel_path)
             follow(claimed, target)
             moved = str(target)
-            self.ledger.set_fields(row.id, kept_signature=signature(target))
         crash_point("archived")
         self.ledger.transition(row.id, State.DONE, detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}))
         log.info(

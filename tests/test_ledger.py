@@ -175,16 +175,18 @@ class TestQueries:
         assert [r.id for r in ledger.active()] == ids
 
     def test_is_kept(self, ledger: Ledger) -> None:
-        """is_kept is true only for a done file with that exact path and signature."""
+        """is_kept is true for a file put back with that exact signature in that inbox, under whatever name,
+        from the moment the signature is recorded; never for a failed row's."""
         file_id = ledger.discover("/in", "a.wav")
-        ledger.transition(file_id, State.DONE, kept_signature="3:123")
-        assert ledger.is_kept("/in", "a.wav", "3:123")
-        assert not ledger.is_kept("/in", "a.wav", "4:124")
-        assert not ledger.is_kept("/in", "b.wav", "3:123")
-        assert not ledger.is_kept("/other", "a.wav", "3:123")
+        ledger.transition(file_id, State.RUNNING, kept_signature="3:123")
+        assert ledger.is_kept("/in", "3:123"), "recorded before the file goes back, before the row is done"
+        ledger.transition(file_id, State.DONE)
+        assert ledger.is_kept("/in", "3:123")
+        assert not ledger.is_kept("/in", "4:124")
+        assert not ledger.is_kept("/other", "3:123")
         other = ledger.discover("/in", "c.wav")
         ledger.transition(other, State.FAILED, kept_signature="1:1")
-        assert not ledger.is_kept("/in", "c.wav", "1:1")
+        assert not ledger.is_kept("/in", "1:1")
 
     def test_pending_stable(self, ledger: Ledger) -> None:
         """pending_stable lists stable files that already have a claim path."""

@@ -7,6 +7,8 @@ from pathlib import Path
 from diarist.daemon.config import parse_settings
 from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
+from diarist.handlers.engine import Segment
+from diarist.handlers.results import SourceFacts, build_result
 
 
 class FakeClock:
@@ -17,13 +19,16 @@ class FakeClock:
         return self.now
 
 
-def make_daemon(tmp_path: Path, clock: FakeClock, host: str = "h1", **daemon: object) -> tuple[Daemon, Path, Ledger]:
+def make_daemon(
+    tmp_path: Path, clock: FakeClock, host: str = "h1", inbox_options: dict | None = None, **daemon: object
+) -> tuple[Daemon, Path, Ledger]:
     inbox = tmp_path / "inbox"
     inbox.mkdir(exist_ok=True)
+    folders = {"path": str(inbox), "outbox": str(tmp_path / "out"), "stability_seconds": 5, "polling": True}
     settings = parse_settings(
         {
             "daemon": {"ledger": str(tmp_path / f"{host}.db"), "host_id": host, "rescan_interval": 60, **daemon},
-            "inbox": [{"path": str(inbox), "outbox": str(tmp_path / "out"), "stability_seconds": 5, "polling": True}],
+            "inbox": [{**folders, **(inbox_options or {})}],
         },
         env={},
     )
@@ -147,3 +152,46 @@ class TestIntake:
         assert claimed(ledger_a) == {"f1.wav", "f4.wav"}
         assert sorted(p.name for p in inbox.glob("*.wav")) == ["f5.wav"]
         assert ledger_a.waiting_local() == 2 and ledger_b.waiting_local() == 2
+
+    def test_a_kept_file_seen_going_back_is_never_taken_again(self, tmp_path, monkeypatch):
+        """``on_success = "keep"``: the intake may see the file reappear in the inbox before its row is done
+        (a watch event races the last ledger write); it is not tracked then, nor on a later rescan.
+        (Found in CI: a restarted daemon's ledger held a second, "discovered" row for a kept file.)"""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock, inbox_options={"on_success": "keep"})
+        (inbox / "a.wav").write_bytes(b"x" * 100)
+        daemon.intake.scan_all()
+        daemon.intake_tick()
+        clock.now += 6
+        daemon.intake_tick()
+        row = next(r for r in ledger.unfinished() if r.rel_path == "a.wav")
+        ledger.transition(row.id, State.RUNNING)
+        finish_row = ledger.transition
+
+        def intake_looks_first(file_id: int, state: State, **fields: object) -> None:
+            if state is State.DONE:  # the file is back, its row not yet done: the intake looks now
+                assert (inbox / "a.wav").exists()
+                daemon.intake.on_path(daemon.settings.inboxes[0], inbox / "a.wav")
+                daemon.intake_tick()
+            finish_row(file_id, state, **fields)
+
+        monkeypatch.setattr(ledger, "transition", intake_looks_first)
+        segs = (Segment(0.0, 1.0, "SPEAKER_00"),)
+        doc = build_result(
+            source=SourceFacts("a.wav", "a.wav", row.sha256, 100, 1.0, 16000, 1),
+            task="diarization",
+            engine={"backend": "test"},
+            route={"decision": "local", "reason": "test"},
+            timings={"total_seconds": 1.0},
+            segments=segs,
+            exclusive_segments=segs,
+            vad=None,
+            overlap=None,
+        )
+        daemon.out.finish(ledger.get(row.id), doc)
+        monkeypatch.undo()
+        for _ in range(2):
+            clock.now += 61
+            daemon.intake_tick()  # a rescan, then a whole stability window
+        assert [(r["rel_path"], r["state"]) for r in ledger.recent(100)] == [("a.wav", "done")]
+        assert (inbox / "a.wav").read_bytes() == b"x" * 100 and not daemon.intake.file_ids
