@@ -228,6 +228,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         (True, "token", "HF_TOKEN is set" if settings.hf_token else "HF_TOKEN not set (offline default needs none)")
     )
     checks.append(_cloud_check(settings))
+    checks.append(_api_check(settings))
     checks.append((True, "config", str(settings.source or "no config file (defaults)")))
     ledger_dir = settings.daemon.ledger.parent
     ledger_ok = os.access(ledger_dir if ledger_dir.exists() else ledger_dir.parent, os.W_OK)
@@ -251,6 +252,28 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for ok, name, detail in checks:
         print(f"[{'ok' if ok else 'FAIL'}] {name:8} {detail}")
     return EXIT_OK if all(ok for ok, _, _ in checks) else EXIT_FAILED
+
+
+def _api_check(settings: cfg.Settings) -> tuple[bool, str, str]:
+    """Where the HTTP API listens (never its tokens), and whether a daemon answers there now."""
+    import urllib.error
+    import urllib.request
+
+    api = settings.api
+    if api.listen is None:
+        return True, "api", "off ([api] listen not set)"
+    reach = "this machine only" if api.listen.loopback else "beyond this machine"
+    tokens = f"{len(api.tokens)} token(s)" if api.tokens else "no token"
+    detail = f"{api.listen.url()} ({reach}, {tokens})"
+    if api.listen.unix is None and api.listen.port:
+        try:
+            with urllib.request.urlopen(f"{api.listen.url()}/healthz", timeout=2) as answer:
+                detail += f"; a daemon answers /healthz: {answer.status}"
+        except urllib.error.HTTPError as e:
+            detail += f"; a daemon answers /healthz: {e.code} (stale threads)"
+        except OSError:
+            detail += "; nothing answers there now (the daemon binds it at start)"
+    return True, "api", detail
 
 
 def _recogniser_check(settings: cfg.Settings) -> tuple[bool, str, str]:

@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from diarist.daemon import config as cfg
-from diarist.daemon.ledger import ONESHOT_PREFIX, JobState
+from diarist.daemon.ledger import ONESHOT_PREFIX
 from diarist.handlers.cloud_submit import label_value
 from diarist.handlers.errors import ConfigError, DiaristError
-from diarist.policies.budget import settle_cost
 from diarist.policies.flavor import Priority, Task
 from diarist.policies.formats import format_args
 from diarist.policies.jobs import ALIVE, JobStage
-from diarist.policies.pricing import FALLBACK_PRICES, format_usd
+from diarist.policies.pricing import format_usd
 from diarist.policies.sidecar import FLAVOR_PATTERN, SIDECAR_SUFFIX
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -53,13 +52,6 @@ def _age(seconds: float) -> str:
 # -- jobs ---------------------------------------------------------------------------------------------
 
 
-def _file_user(settings: cfg.Settings, row: Any) -> str | None:
-    from diarist.policies.request import InboxDefaults, question
-
-    inbox = next((i for i in settings.inboxes if str(i.path) == row.inbox), None)
-    return question(row.request(), inbox.defaults() if inbox else InboxDefaults()).user
-
-
 def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
     if args.orphans:
         return _orphans(settings, cancel=args.cancel_orphans, all_hosts=args.all_hosts)
@@ -73,36 +65,16 @@ def cmd_jobs(settings: cfg.Settings, args: argparse.Namespace) -> int:
             hub = _hub(settings)
         except DiaristError as e:
             print(f"(stages from the ledger: {e})", file=sys.stderr)
-    prices = {p.name: p for p in FALLBACK_PRICES}
-    rows = []
-    now = time.time()
-    for job in ledger.jobs(include_closed=args.all):
-        files = ledger.job_files(job.batch_id)
-        if args.user and not any(_file_user(settings, f) == args.user for f in files):
-            continue
-        stage, running = job.stage or job.state.value, job.running_seconds
-        if hub is not None and job.job_id and job.state is JobState.IN_FLIGHT:
-            try:
-                snap = hub.inspect(job.job_id)
-                stage, running = snap.stage, snap.running_seconds
-            except DiaristError:
-                pass
-        cost = job.cost_usd
-        if cost is None and running is not None and job.flavor in prices:
-            cost = str(settle_cost(running, prices[job.flavor]))
-        rows.append(
-            {
-                "job_id": job.job_id or f"(batch {job.batch_id}, not started)",
-                "files": [f.rel_path for f in files],
-                "stage": stage,
-                "flavor": job.flavor,
-                "age_seconds": round(now - job.created_at),
-                "running_seconds": running,
-                "cost_usd": cost,
-                "url": job.url,
-                "message": job.message,
-            }
-        )
+    from diarist.daemon.views import job_views
+
+    def inspect(job_id: str) -> tuple[str, float | None]:
+        snap = hub.inspect(job_id)
+        return snap.stage, snap.running_seconds
+
+    inboxes = {str(i.path): i for i in settings.inboxes}
+    rows = job_views(
+        ledger, inboxes, user=args.user, include_closed=args.all, inspect=inspect if hub is not None else None
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
         return EXIT_OK
@@ -145,41 +117,26 @@ def _orphans(settings: cfg.Settings, *, cancel: bool, all_hosts: bool) -> int:
 # -- logs / cancel ------------------------------------------------------------------------------------
 
 
-def _resolve_job(settings: cfg.Settings, ident: str) -> tuple[str, Any]:
+def _resolve_job(settings: cfg.Settings, ident: str) -> str:
     ledger = _ledger(settings)
     job = ledger.job_by_hub_id(ident) if ledger else None
-    if job is not None and job.job_id:
-        return job.job_id, job
-    return ident, job
+    return job.job_id if job is not None and job.job_id else ident
 
 
 def cmd_logs(settings: cfg.Settings, args: argparse.Namespace) -> int:
-    job_id, _ = _resolve_job(settings, args.job)
     hub = _hub(settings)
-    for line in hub.logs(job_id, follow=args.follow, tail=args.tail):
+    for line in hub.logs(_resolve_job(settings, args.job), follow=args.follow, tail=args.tail):
         print(line, flush=True)
     return EXIT_OK
 
 
 def cmd_cancel(settings: cfg.Settings, args: argparse.Namespace) -> int:
-    job_id, job = _resolve_job(settings, args.job)
-    hub = _hub(settings)
-    ledger = None
-    if job is not None:
-        from diarist.daemon.ledger import Ledger
+    from diarist.daemon.views import cancel_job
 
-        # Recorded before the Hub is asked: a running daemon may poll the job the moment it is canceled, and
-        # must then already know that the user did it (its files' reason says so, not just "canceled")
-        ledger = Ledger(settings.daemon.ledger)
-        ledger.update_job(job.batch_id, cancel_requested="canceled by the user (diarist cancel)")
-    try:
-        hub.cancel(job_id)
-    except BaseException:
-        if ledger is not None and job is not None:  # not canceled after all: take the request back
-            ledger.update_job(job.batch_id, cancel_requested=job.cancel_requested)
-        raise
-    print(f"canceled {job_id} on the Hub")
-    if job is None:
+    hub = _hub(settings)
+    canceled = cancel_job(_ledger(settings), args.job, hub.cancel)
+    print(f"canceled {canceled.job_id} on the Hub")
+    if canceled.job is None:
         print("the ledger does not know this job (an orphan?): no file to mark")
         return EXIT_OK
     then = "processed locally" if settings.cloud.fallback else "failed with an .error.json"

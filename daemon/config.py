@@ -24,6 +24,7 @@ from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
 from diarist.policies.formats import parse_formats
 from diarist.policies.identify import DEFAULT_THRESHOLD
+from diarist.policies.listen import Listen, ListenError, parse_listen
 from diarist.policies.pricing import unknown_flavor
 from diarist.policies.request import InboxDefaults, ModelIds
 from diarist.policies.route import RouteSetting
@@ -193,6 +194,19 @@ class IdentifySettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """``[api]``: the HTTP API, metrics and dashboard (off unless ``listen`` is set)."""
+
+    listen: Listen | None = None
+    #: bearer tokens (``token_file``, one per line, or the ``diarist-api-token`` systemd credential)
+    tokens: tuple[str, ...] = field(default=(), repr=False)
+    #: the largest upload accepted, in bytes
+    max_upload_bytes: int = 2 * 1024**3
+    #: the inbox uploads enter (default: the first configured)
+    inbox: Path | None = None
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     models: ModelSettings
@@ -203,6 +217,7 @@ class Settings:
     hf_token: str | None = field(default=None, repr=False)
     transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
     identify: IdentifySettings = field(default_factory=IdentifySettings)
+    api: ApiSettings = field(default_factory=ApiSettings)
 
     def model_ids(self) -> ModelIds:
         """What a stored answer depends on (part of its reuse key)."""
@@ -393,6 +408,52 @@ def _identify(table: Any, file: str) -> IdentifySettings:
     return IdentifySettings(labels=labels, threshold=threshold)
 
 
+#: a token shorter than this is guessable; ``openssl rand -hex 32`` makes a good one
+MIN_TOKEN_LENGTH = 16
+API_CREDENTIAL = "diarist-api-token"
+
+
+def _api(table: Any, file: str, base: Path, env: Mapping[str, str]) -> ApiSettings:
+    r = _Reader(table, "api", file, {"listen", "token_file", "max_upload_mb", "inbox"})
+    listen_text = r.get("listen", str)
+    try:
+        listen = parse_listen(listen_text) if listen_text else None
+    except ListenError as e:
+        raise r.fail("listen", str(e)) from None
+    token_file = r.get("token_file", str)
+    if token_file:
+        path = _path(token_file, base)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(
+                f"cannot read the API token file: {e.strerror}",
+                key="api.token_file",
+                file=file,
+                hint="create it with one token per line (e.g. openssl rand -hex 32 > FILE; chmod 600 FILE)",
+            ) from e
+    else:
+        text = credential(API_CREDENTIAL, env) or ""
+    tokens = tuple(t for t in (line.strip() for line in text.splitlines()) if t and not t.startswith("#"))
+    short = [t for t in tokens if len(t) < MIN_TOKEN_LENGTH]
+    if short:
+        raise r.fail("token_file", f"a token has {len(short[0])} characters; at least {MIN_TOKEN_LENGTH} are needed")
+    if listen is not None and not listen.loopback and not tokens:
+        raise ConfigError(
+            f"the API would listen on {listen_text}, beyond this machine, with no token",
+            key="api.listen",
+            file=file,
+            hint=f"set [api] token_file (or the systemd credential {API_CREDENTIAL}), or listen on 127.0.0.1",
+        )
+    inbox = r.get("inbox", str)
+    return ApiSettings(
+        listen=listen,
+        tokens=tokens,
+        max_upload_bytes=int(r.number("max_upload_mb", 2048.0, minimum=0.001) * 1024**2),
+        inbox=_path(inbox, base) if inbox else None,
+    )
+
+
 def _transcription(table: Any, file: str, base: Path) -> TranscriptionSettings:
     t = _Reader(table, "transcription", file, {"model", "language", "device"})
     settings = TranscriptionSettings(model=_model_source(t, "model", BUNDLED_ASR, base), device=_device(t))
@@ -534,7 +595,7 @@ def parse_settings(
     """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()
-    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription", "identify"})
+    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription", "identify", "api"})
     d = _Reader(
         top.get("daemon", dict, {}),
         "daemon",
@@ -587,12 +648,19 @@ def parse_settings(
     )
     inboxes = top.get("inbox", list, [])
     transcription = _transcription(top.get("transcription", dict, {}), file, base)
+    parsed = tuple(_inbox(t, i, file, base, transcription) for i, t in enumerate(inboxes))
+    api = _api(top.get("api", dict, {}), file, base, env)
+    if api.inbox is not None and api.inbox not in {i.path for i in parsed}:
+        raise ConfigError(
+            f"{api.inbox} is not a configured inbox", key="api.inbox", file=file, hint="use one of the [[inbox]] paths"
+        )
     return Settings(
         daemon=daemon,
         models=models,
         transcription=transcription,
         identify=_identify(top.get("identify", dict, {}), file),
-        inboxes=tuple(_inbox(t, i, file, base, transcription) for i, t in enumerate(inboxes)),
+        inboxes=parsed,
+        api=api,
         cloud=_cloud(top.get("cloud", dict, {}), file, env),
         users=_users(top.get("users", dict, {}), file),
         source=Path(file) if file != "<config>" else None,

@@ -9,6 +9,8 @@ import json
 import os
 import queue
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -22,6 +24,7 @@ from diarist.handlers import intake
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.errors import PermanentFileError
 from diarist.handlers.outbox import reserve_stem
+from diarist.handlers.results import OutputPaths
 from diarist.policies.intake import ignore_reason
 from diarist.policies.names import is_text, printable
 from diarist.policies.sidecar import SIDECAR_SUFFIX, FileRequest, SidecarError, parse_sidecar_text, sidecar_names
@@ -74,6 +77,32 @@ def unreadable(e: OSError) -> PermanentFileError:
     )
 
 
+def fresh_name(outbox: Path, name: str, limit: int = 1000) -> str:
+    """``name``, or ``name (2).ext`` ..., whose outputs are not in the outbox yet: each upload gets results of
+    its own (a dropped file of the same name replaces its predecessor's; an upload is fetched by id, and
+    must never answer with another's)."""
+    stem, ext = os.path.splitext(name)
+    for n in range(1, limit):
+        candidate = name if n == 1 else f"{stem} ({n}){ext}"
+        paths = OutputPaths.for_input(outbox, candidate)
+        if not any(p.exists() for p in (paths.json, paths.rttm, paths.status, paths.error)):
+            return candidate
+    raise FileExistsError(f"more than {limit} results named like {name} in {outbox}")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A recording received whole through the API, waiting in ``staged`` (this host's uploads folder)."""
+
+    inbox: InboxSettings
+    staged: Path
+    #: its file name as the outputs will carry it (checked: one plain name, text, an audio extension)
+    name: str
+    request: FileRequest | None
+    sha256: str
+    size: int
+
+
 class Intake:
     """Owns the events queue, the stability tracker and the ids of files not yet claimed."""
 
@@ -102,6 +131,7 @@ class Intake:
         #: how many more files this host should claim now (None: no limit)
         self._room = room
         self.events: queue.SimpleQueue[tuple[InboxSettings, Path]] = queue.SimpleQueue()
+        self._uploads: queue.SimpleQueue[tuple[Upload, Future[int]]] = queue.SimpleQueue()
         self.tracker = intake.StabilityTracker(clock=clock)
         self.file_ids: dict[Path, int] = {}
         self._next_scan = clock() + rescan_interval
@@ -115,7 +145,8 @@ class Intake:
                 self.events.put((inbox, path))
 
     def tick(self) -> None:
-        """New events, stability checks, claims, a rescan when due."""
+        """Uploads, new events, stability checks, claims, a rescan when due."""
+        self._admit_uploads()
         if self._clock() >= self._next_scan:
             self.scan_all()
             self._next_scan = self._clock() + self._rescan
@@ -223,8 +254,58 @@ class Intake:
                 with bound_contextvars(sha=sha[:12]):
                     self.out.fail(self.ledger.get(file_id), problem)
                 return
+        self._queued(file_id)
+
+    def _queued(self, file_id: int) -> None:
         self.out.status(self.ledger.get(file_id), "queued", progress=0.0)
         self._claimed()
+
+    # -- uploads (the HTTP API) ----------------------------------------------------------------------
+
+    def admit(self, upload: Upload) -> Future[int]:
+        """Hand a complete upload to the intake thread, which claims it like a dropped file (one thread
+        reserves output names, so an upload and a dropped file never get the same stem). The future gives
+        its ledger id."""
+        done: Future[int] = Future()
+        self._uploads.put((upload, done))
+        return done
+
+    def _admit_uploads(self) -> None:
+        while True:
+            try:
+                upload, done = self._uploads.get_nowait()
+            except queue.Empty:
+                return
+            if not done.set_running_or_notify_cancel():
+                continue
+            try:
+                done.set_result(self._admit(upload))
+            except Exception as e:  # the API answers with it; the intake goes on
+                done.set_exception(e)
+
+    def _admit(self, upload: Upload) -> int:
+        """Into this host's processing folder at once: an upload is complete when it arrives (no stability
+        wait) and was never in the shared inbox (no other host can race for it)."""
+        inbox = upload.inbox
+        name = fresh_name(inbox.outbox, upload.name)
+        target = intake.unique_path(intake.processing_dir(inbox.path, self._host) / name)
+        if not intake.claim(upload.staged, target):
+            raise FileNotFoundError(f"the staged upload {upload.staged} vanished before it was claimed")
+        stem = reserve_stem(inbox.outbox, name)
+        params = json.dumps(upload.request.to_json()) if upload.request else None
+        file_id = self.ledger.admit(
+            str(inbox.path),
+            name,
+            detail="uploaded through the API",
+            claim_path=str(target),
+            params=params,
+            sha256=upload.sha256,
+            size=upload.size,
+            out_name=stem,
+        )
+        log.info("claimed", file=name, sha=upload.sha256[:12], outputs=stem, uploaded=True)
+        self._queued(file_id)
+        return file_id
 
     def hash(self, path: Path) -> str:
         # a large file on a slow share takes a while: keep the intake heartbeat (and so the watchdog) fresh

@@ -29,6 +29,8 @@ UNIT_PATH = Path("/etc/systemd/system/diarist.service")
 SYSUSERS_PATH = Path("/etc/sysusers.d/diarist.conf")
 ENV_PATH = Path("/etc/diarist/diarist.env")
 TOKEN_PATH = Path("/etc/diarist/credentials/hf_token")
+#: bearer tokens for the HTTP API ([api] listen), one per line; empty: none (the API then only listens locally)
+API_TOKEN_PATH = Path("/etc/diarist/credentials/api-token")
 #: the unit's StateDirectory=; the daemon sees it as $STATE_DIRECTORY
 STATE_DIRECTORY = Path("/var/lib/diarist")
 #: what ProtectHome= hides
@@ -206,6 +208,7 @@ def plan_install(
             PlannedFile(ENV_PATH, render_env_file(), 0o640, keep_existing=True),
             # LoadCredential= fails the start when the file is missing; empty means "no token"
             PlannedFile(TOKEN_PATH, "", 0o600, keep_existing=True, dir_mode=0o700),
+            PlannedFile(API_TOKEN_PATH, "", 0o600, keep_existing=True, dir_mode=0o700),
         ),
         config=config,
         writable=writable,
@@ -228,6 +231,7 @@ def next_steps(plan: InstallPlan, *, has_inboxes: bool, missing: Sequence[Path])
         lines.append("  #  set the mount's uid/gid or the server's permissions; README: Running as a service)")
     lines += [
         f"  $EDITOR {TOKEN_PATH}   # optional: a Hugging Face token (empty: none)",
+        f"  openssl rand -hex 32 > {API_TOKEN_PATH}   # only for an [api] listening beyond this machine",
         "  systemctl daemon-reload",
         "  systemctl enable --now diarist",
         "  systemctl status diarist; journalctl -u diarist -f",

@@ -158,6 +158,16 @@ class Ledger(JobBook):
             self.add_event(db, file_id, State.DISCOVERED, None, now)
             return int(file_id)
 
+    def admit(self, inbox: str, rel_path: str, *, detail: str, **fields: Any) -> int:
+        """Row for a file that arrives already claimed (an upload through the API): no discovery, no stability
+        wait, one transaction from nothing to ``claimed``."""
+        now = self.clock()
+        with self.transaction() as db:
+            row = {"inbox": inbox, "rel_path": rel_path, "state": State.CLAIMED.value, "created_at": now}
+            file_id = int(db["files"].insert({**row, "updated_at": now, **fields}).last_pk)
+            self.add_event(db, file_id, State.CLAIMED, detail, now)
+            return file_id
+
     def transition(self, file_id: int, state: State, *, detail: str | None = None, **fields: Any) -> None:
         now = self.clock()
         with self.transaction() as db:

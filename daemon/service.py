@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from diarist.daemon.leases import ShareLeases
 from diarist.daemon.ledger import ONESHOT_PREFIX, Ledger, State
 from diarist.daemon.outcomes import Outcomes
 from diarist.daemon.router import Router
+from diarist.daemon.uploads import sweep_staged
 from diarist.daemon.watcher import InboxWatcher
 from diarist.daemon.worker import LocalRunner
 from diarist.handlers import intake
@@ -35,6 +37,10 @@ from diarist.handlers.engine import LocalEngine
 from diarist.handlers.errors import TransientError
 from diarist.handlers.results import sweep_temporaries
 from diarist.policies.health import stale_components, status_line
+
+if TYPE_CHECKING:
+    from diarist.daemon.api import ApiContext
+    from diarist.daemon.api_server import ApiServer
 
 log = structlog.get_logger("diarist")
 
@@ -122,6 +128,7 @@ class Daemon:
         )
         self.leases = ShareLeases(settings.inboxes, self._host, settings.daemon.lease_seconds, clock=clock, wall=wall)
         self._scheduler: BackgroundScheduler | None = None
+        self.api: ApiServer | None = None
         self._started_at = wall()
         self._next_heartbeat = 0.0
 
@@ -144,6 +151,14 @@ class Daemon:
                 swept = sweep_temporaries(folder, older_than=self._wall() - TEMPORARY_MAX_AGE)
                 if swept:
                     log.info("temporaries_removed", folder=str(folder), count=swept)
+            staged = sweep_staged(intake.uploads_dir(inbox.path, self._host))
+            if staged:
+                log.info("partial_uploads_removed", inbox=str(inbox.path), count=staged)
+        if self.settings.api.listen is not None:  # FastAPI and uvicorn are only imported when asked for
+            from diarist.daemon.api import build_app
+            from diarist.daemon.api_server import ApiServer
+
+            self.api = ApiServer(build_app(self.api_context()), self.settings.api.listen)  # binds now: fails early
         self.watcher.start()
         self.intake.scan_all()
         self._threads = [
@@ -168,6 +183,21 @@ class Daemon:
             next_run_time=datetime.now(UTC),
         )
         self._scheduler.start()
+        if self.api is not None:
+            self.api.start()
+
+    def api_context(self) -> ApiContext:
+        from diarist.daemon.api import ApiContext
+
+        return ApiContext(
+            settings=self.settings,
+            ledger=self.ledger,
+            admit=self.intake.admit,
+            stale=self.stale,
+            heartbeat_ages=lambda: {c: self._clock() - t for c, t in dict(self.heartbeats).items()},
+            cancel=lambda job_id: self.cloud.hub().cancel(job_id),
+            host=self._host,
+        )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting files; cloud jobs keep running (the ledger resumes them at the next start).
@@ -175,6 +205,9 @@ class Daemon:
         The file in hand gets ``[daemon] stop_timeout`` to finish; one that will not make it goes back into
         the inbox. ``timeout`` bounds how long to wait for the threads after that.
         """
+        if self.api is not None:  # no new uploads; those in progress finish first
+            self.api.stop()
+            self.api = None
         self.worker.deadline = self._clock() + self.settings.daemon.stop_timeout
         self._stop.set()
         self._wake.set()

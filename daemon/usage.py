@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from diarist.daemon.charts import bar_chart, meter
 from diarist.daemon.ledger import OPEN_JOB_STATES, Ledger, State
 from diarist.policies.budget import BudgetCaps, period_bounds
 from diarist.policies.pricing import format_usd, usd
@@ -157,70 +158,61 @@ def as_table(u: Usage) -> str:
 # -- HTML report ----------------------------------------------------------------------------------------
 
 
-def _bars(title: str, items: list[tuple[str, float]], *, unit: str, cap: float | None = None) -> str:
-    """A horizontal-axis bar chart as inline SVG (no scripts, no external files)."""
-    width, height, pad, bottom = 640, 220, 40, 40
-    peak = max([v for _, v in items] + [cap or 0.0, 1e-9])
-    n = max(len(items), 1)
-    slot = (width - 2 * pad) / n
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="{html.escape(title)}">',
-        f'<line x1="{pad}" y1="{height - bottom}" x2="{width - pad}" y2="{height - bottom}" stroke="#555"/>',
-    ]
-    for i, (label, value) in enumerate(items):
-        h = (height - bottom - 20) * value / peak
-        x = pad + i * slot + slot * 0.15
-        y = height - bottom - h
-        parts.append(
-            f'<rect class="bar" x="{x:.1f}" y="{y:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" fill="#4a7bd0">'
-            f"<title>{html.escape(label)}: {value:.4f} {unit}</title></rect>"
-        )
-        parts.append(
-            f'<text x="{x + slot * 0.35:.1f}" y="{height - bottom + 14}" font-size="10" text-anchor="middle">'
-            f"{html.escape(label[:14])}</text>"
-        )
-    if cap is not None:
-        y = height - bottom - (height - bottom - 20) * cap / peak
-        parts.append(
-            f'<line class="cap" x1="{pad}" y1="{y:.1f}" x2="{width - pad}" y2="{y:.1f}" stroke="#c0392b" '
-            f'stroke-dasharray="6 3"/><text x="{width - pad}" y="{y - 4:.1f}" font-size="11" text-anchor="end" '
-            f'fill="#c0392b">cap {cap:.2f} {unit}</text>'
-        )
-    parts.append("</svg>")
-    return f"<figure><figcaption>{html.escape(title)}</figcaption>{''.join(parts)}</figure>"
-
-
 def report_html(by_day: Usage, by_user: Usage, by_flavor: Usage, *, generated: str) -> str:
-    daily_cap = float(by_day.caps["daily_cap"]) if by_day.caps["daily_cap"] is not None else None
-    charts = [
-        _bars(
-            "Cloud spend per day (USD)", [(ln.key, float(ln.spent)) for ln in by_day.lines], unit="USD", cap=daily_cap
-        ),
-        _bars("Cloud spend by user (USD)", [(ln.key, float(ln.spent)) for ln in by_user.lines], unit="USD"),
-        _bars(
-            "Cloud spend by flavor (USD)", [(ln.key, float(ln.spent)) for ln in by_flavor.lines if ln.jobs], unit="USD"
-        ),
-        _bars(
-            "Audio hours per day: cloud",
-            [(ln.key, ln.cloud_hours) for ln in by_day.lines],
-            unit="h",
-        ),
-        _bars(
-            "Audio hours per day: local",
-            [(ln.key, ln.local_hours) for ln in by_day.lines],
-            unit="h",
-        ),
+    return page(
+        "diarist usage",
+        f"Generated {generated}; budget time zone {by_day.caps['timezone']}.",
+        usage_charts(by_day, by_user, by_flavor),
+        by_day,
+        by_user,
+        by_flavor,
+    )
+
+
+def cap_meters(caps: dict[str, Any]) -> list[str]:
+    """Today's and this month's committed spend (settled + reserved) against their caps."""
+    return [
+        meter(
+            f"{title} ({caps[period]}): committed",
+            float(caps[f"{key}_committed"]),
+            float(caps[f"{key}_cap"]) if caps[f"{key}_cap"] is not None else None,
+        )
+        for title, period, key in (("Today", "day", "daily"), ("This month", "month", "monthly"))
     ]
+
+
+def usage_charts(by_day: Usage, by_user: Usage, by_flavor: Usage) -> list[str]:
+    daily_cap = float(by_day.caps["daily_cap"]) if by_day.caps["daily_cap"] is not None else None
+    return [
+        *cap_meters(by_day.caps),
+        bar_chart(
+            "Cloud spend per day (billed + reserved)",
+            [(ln.key, float(ln.spent + ln.reserved)) for ln in by_day.lines],
+            unit="USD",
+            cap=daily_cap,
+            cap_label="daily cap",
+        ),
+        bar_chart("Cloud spend by user", [(ln.key, float(ln.spent + ln.reserved)) for ln in by_user.lines], unit="USD"),
+        bar_chart(
+            "Cloud spend by flavor",
+            [(ln.key, float(ln.spent + ln.reserved)) for ln in by_flavor.lines if ln.jobs],
+            unit="USD",
+        ),
+        bar_chart("Audio hours per day: cloud", [(ln.key, ln.cloud_hours) for ln in by_day.lines], unit="hours"),
+        bar_chart("Audio hours per day: local", [(ln.key, ln.local_hours) for ln in by_day.lines], unit="hours"),
+    ]
+
+
+def page(title: str, lead: str, charts: list[str], by_day: Usage, by_user: Usage, by_flavor: Usage) -> str:
     data = json.dumps({"by_day": as_json(by_day), "by_user": as_json(by_user), "by_flavor": as_json(by_flavor)})
     data = data.replace("</", "<\\/")  # JSON in a script element: only "</" could end it early
     table = html.escape(as_table(by_day))
     return (
-        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>diarist usage</title>'
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         "<style>body{font-family:sans-serif;margin:2em;max-width:720px}figure{margin:1.5em 0}"
-        "figcaption{font-weight:bold;margin-bottom:.3em}pre{background:#f4f4f4;padding:1em}</style></head><body>"
-        f"<h1>diarist usage</h1><p>Generated {html.escape(generated)}; budget time zone "
-        f"{html.escape(by_day.caps['timezone'])}.</p>"
+        "figcaption{font-weight:bold;margin-bottom:.3em}.total{font-weight:normal;color:#555}"
+        "pre{background:#f4f4f4;padding:1em}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1><p>{html.escape(lead)}</p>"
         + "".join(charts)
         + f"<h2>By day</h2><pre>{table}</pre>"
         + f'<script type="application/json" id="usage-data">{data}</script>'

@@ -30,6 +30,16 @@ class TransientError(DiaristError):
     kind = "transient"
 
 
+class RequestError(DiaristError):
+    """A request to the HTTP API that diarist turns down; ``status`` is the HTTP status saying why."""
+
+    kind = "request"
+
+    def __init__(self, status: int, message: str, *, hint: str | None = None):
+        super().__init__(message, hint=hint)
+        self.status = status
+
+
 class PermanentFileError(DiaristError):
     kind = "bad-input"
 

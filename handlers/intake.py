@@ -94,6 +94,11 @@ def state_dir(inbox: Path) -> Path:
     return inbox / STATE_DIR_NAME
 
 
+def uploads_dir(inbox: Path, host_id: str) -> Path:
+    # beside processing/ (one filesystem, so admitting an upload is a rename), one folder per host
+    return state_dir(inbox) / "uploads" / host_id
+
+
 def processing_dir(inbox: Path, host_id: str) -> Path:
     # one folder per host: several daemons may watch one share (each only resumes its own claims)
     return state_dir(inbox) / "processing" / host_id

@@ -9,6 +9,8 @@ command -v ffmpeg >/dev/null || need+=(ffmpeg)
 command -v espeak-ng >/dev/null || need+=(espeak-ng)   # test speech
 command -v sox >/dev/null || need+=(sox)               # test speech
 command -v systemd-analyze >/dev/null || need+=(systemd)   # tests/test_systemd.py: verify and security of the unit
+# tests/test_dashboard.py: the dashboard in a real browser (Debian's build; nothing is downloaded at test time)
+command -v chromium-headless-shell >/dev/null || command -v chromium >/dev/null || need+=(chromium-headless-shell)
 if ((${#need[@]})); then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need[*]} with apt-get"

@@ -57,6 +57,17 @@ class TestDoctor:
         assert "[ok] asr      UsefulSensors/moonshine-base" in proc.stdout
         assert "native events" in proc.stdout or "polling" in proc.stdout
 
+    def test_reports_the_api_address_never_its_token(self, tmp_path):
+        """With [api] on, doctor says where it listens, how far it reaches and how many tokens guard it."""
+        cfg = config(tmp_path)
+        secret = "doctor-test-token-0a1b2c3d4e5f"
+        (tmp_path / "tokens").write_text(secret + "\n")
+        cfg.write_text(cfg.read_text() + f'\n[api]\nlisten = "0.0.0.0:0"\ntoken_file = "{tmp_path / "tokens"}"\n')
+        proc = diarist("doctor", "--config", str(cfg))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "[ok] api      http://0.0.0.0:0 (beyond this machine, 1 token(s))" in proc.stdout
+        assert secret not in proc.stdout + proc.stderr
+
     def test_missing_inbox_fails(self, tmp_path):
         """doctor exits 1 and marks FAIL when an inbox folder is missing."""
         cfg = config(tmp_path)

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from diarist.daemon.charts import number_text
 from diarist.daemon.config import parse_settings
 from diarist.daemon.ledger import Ledger, State
 from diarist.daemon.service import Daemon
@@ -535,7 +536,11 @@ def test_twenty_ten_minute_recordings_wait_for_the_budget_with_fallback_off(
     subprocess.run([*cli, "--report", str(report)], check=True, capture_output=True)
     page = ReportParser()
     page.feed(report.read_text())
-    assert page.svgs >= 4 and page.bars >= 1 and page.cap_lines == 1
+    # each chart has its values written on it and a y axis; the daily cap is a line on today's meter and on
+    # the per-day chart (the month has no cap here)
+    assert page.svgs >= 6 and page.bars >= 1 and page.cap_lines == 2
+    assert number_text(float(job.cost_usd)) in page.values, page.values
+    assert "0.05" in page.ticks and "cap 0.05 USD (" in page.text
     embedded = json.loads(page.data)
     assert Decimal(embedded["by_day"]["total"]["spent"]) == Decimal(job.cost_usd)
 
@@ -577,8 +582,11 @@ class ReportParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
         self.svgs = self.bars = self.cap_lines = 0
-        self.data = ""
+        self.data = self.text = ""
+        self.values: list[str] = []
+        self.ticks: list[str] = []
         self._in_data = False
+        self._text_class: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         a = dict(attrs)
@@ -586,10 +594,16 @@ class ReportParser(HTMLParser):
         self.bars += tag == "rect" and a.get("class") == "bar"
         self.cap_lines += tag == "line" and a.get("class") == "cap"
         self._in_data = tag == "script" and a.get("id") == "usage-data"
+        self._text_class = a.get("class") if tag == "text" else None
 
     def handle_data(self, data: str) -> None:
         if self._in_data:
             self.data += data
+        self.text += data
+        if self._text_class == "value":
+            self.values.append(data)
+        elif self._text_class == "tick":
+            self.ticks.append(data)
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "script":

@@ -123,7 +123,8 @@ class TestUnit:
     @needs_analyze
     @pytest.mark.parametrize("home", [False, True], ids=["srv", "home"])
     def test_exposure_at_most_3(self, tmp_path: Path, home: bool):
-        """systemd-analyze security rates the unit 3.0 or better, with or without inboxes under /home."""
+        """systemd-analyze security rates the unit 3.0 or better, with or without inboxes under /home (one
+        unit whether [api] is on or off: its sockets, credential and runtime folder are always there)."""
         writable = [Path("/srv/in"), Path("/home/alice/out") if home else Path("/srv/out")]
         template = (TEMPLATES / "diarist.service").read_text()
         unit = tmp_path / "diarist.service"
@@ -218,6 +219,7 @@ class TestInstallService:
             "etc/diarist/diarist.toml": 0o644,
             "etc/diarist/diarist.env": 0o640,
             "etc/diarist/credentials/hf_token": 0o600,
+            "etc/diarist/credentials/api-token": 0o600,
             "etc/diarist/credentials": 0o700,
             "etc/diarist": 0o755,
             "etc/systemd/system": 0o755,
@@ -225,17 +227,19 @@ class TestInstallService:
         for name, mode in modes.items():
             assert stat.S_IMODE((tmp_path / name).stat().st_mode) == mode, name
         assert (tmp_path / "etc/diarist/credentials/hf_token").read_text() == ""
+        assert (tmp_path / "etc/diarist/credentials/api-token").read_text() == ""
         assert "systemctl enable --now diarist" in result.stdout
         assert "no [[inbox]]" in result.stdout
 
     def test_second_run_keeps_config_and_updates_unit(self, tmp_path: Path, inboxes: list[tuple[Path, Path]]):
-        """A second run never overwrites config, env file or token, and the unit gets the config's folders."""
+        """A second run never overwrites config, env file or tokens, and the unit gets the config's folders."""
         root = tmp_path / "root"
         assert install(root).returncode == 0
         config = write_config(root, inboxes)
         env = root / "etc/diarist/diarist.env"
         env.write_text("HF_JOBS_ENABLED=false\n")
         (root / "etc/diarist/credentials/hf_token").write_text("hf_secret\n")
+        (root / "etc/diarist/credentials/api-token").write_text("api-secret-0123456789\n")
         mine = config.read_text()
 
         result = install(root)
@@ -243,7 +247,8 @@ class TestInstallService:
         assert config.read_text() == mine
         assert env.read_text() == "HF_JOBS_ENABLED=false\n"
         assert (root / "etc/diarist/credentials/hf_token").read_text() == "hf_secret\n"
-        assert result.stdout.count("(exists; never overwritten)") == 3
+        assert (root / "etc/diarist/credentials/api-token").read_text() == "api-secret-0123456789\n"
+        assert result.stdout.count("(exists; never overwritten)") == 4
 
         unit = (root / UNIT).read_text()
         folders = [folder for pair in inboxes for folder in pair]
