@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -37,6 +38,7 @@ from diarist.handlers.exports import render
 from diarist.handlers.results import read_result, rttm_of
 from diarist.policies.budget import BudgetCaps
 from diarist.policies.formats import ALWAYS, EXPORT_FORMATS
+from diarist.policies.listen import Listen
 
 log = structlog.get_logger("diarist")
 
@@ -72,13 +74,18 @@ ACCEPTS = {
 class ApiContext:
     """What the API reads and calls; the daemon supplies it (tests may build their own)."""
 
-    settings: Settings
+    #: the daemon's settings now (a reload changes its inboxes)
+    current: Callable[[], Settings]
     ledger: Ledger
     admit: Callable[[Upload], Any]  # -> concurrent.futures.Future[int]
     stale: Callable[[], list[str]]
     heartbeat_ages: Callable[[], Mapping[str, float]]
     cancel: Callable[[str], None]
     host: str
+
+    @property
+    def settings(self) -> Settings:
+        return self.current()
 
     @property
     def inboxes(self) -> dict[str, InboxSettings]:
@@ -152,6 +159,9 @@ def build_app(ctx: ApiContext) -> FastAPI:
     async def authenticate(request: Request, call_next: Callable[[Request], Any]) -> Response:
         # the query string may hold a token: never logged, only the path
         started = time.monotonic()
+        refused = _foreign(request, ctx.settings.api.listen)
+        if refused is not None:
+            return JSONResponse(error_body("request", refused, FOREIGN_HINT), status_code=403)
         if tokens and request.url.path != "/healthz":
             header = request.headers.get("authorization", "")
             given = header[7:].strip() if header[:7].lower() == "bearer " else request.cookies.get(COOKIE)
@@ -258,15 +268,17 @@ def build_app(ctx: ApiContext) -> FastAPI:
         got = await receive(request.stream(), folder, limit=limit, declared=declared, name=filename)
         await check_audio(got.staged)
         done = ctx.admit(Upload(inbox, got.staged, filename, asked, got.sha256, got.size))
-        try:
-            file_id = await asyncio.wait_for(asyncio.wrap_future(done), ADMIT_TIMEOUT)
-        except TimeoutError:
+        # from here the intake owns the staged file: a timeout stops the wait, never the admission
+        waiting = asyncio.wrap_future(done)
+        finished, _ = await asyncio.wait({waiting}, timeout=ADMIT_TIMEOUT)
+        if not finished:
             raise RequestError(
                 503,
                 "the daemon's intake did not take the upload in time; it is kept and will still be processed",
                 hint="see GET /v1/files in a minute before sending it again",
-            ) from None
-        body = file_view(ctx.ledger.get(file_id), ctx.inboxes)
+            )
+        file_id = waiting.result()
+        body = await asyncio.to_thread(lambda: file_view(ctx.ledger.get(file_id), ctx.inboxes))
         return JSONResponse(body, status_code=201, headers={"Location": f"/v1/files/{file_id}"})
 
     @app.get("/v1/files", summary="Files, newest first; filter by state and user")
@@ -338,11 +350,11 @@ def build_app(ctx: ApiContext) -> FastAPI:
         return {"jobs": job_views(ctx.ledger, ctx.inboxes, user=user, include_closed=all)}
 
     @app.delete("/v1/jobs/{job_id}", summary="Cancel a cloud job; its files fall back to local (or fail)")
-    async def delete_job(job_id: str) -> dict[str, Any]:
+    def delete_job(job_id: str) -> dict[str, Any]:  # plain def: FastAPI runs it on a worker thread
         job = ctx.ledger.job_by_hub_id(job_id)
         if job is None:
             raise RequestError(404, f"no cloud job {job_id} in this ledger", hint="GET /v1/jobs?all=true lists them")
-        canceled = await asyncio.to_thread(cancel_job, ctx.ledger, job_id, ctx.cancel)
+        canceled = cancel_job(ctx.ledger, job_id, ctx.cancel)
         then = "processed locally" if ctx.settings.cloud.fallback else "failed with an .error.json"
         return {
             "job_id": canceled.job_id,
@@ -371,6 +383,30 @@ PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Content-Type-Options": "nosniff",
 }
+
+
+FOREIGN_HINT = "call the API from a program or a shell, or open the dashboard at the API's own address"
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def _foreign(request: Request, listen: Listen | None) -> str | None:
+    """Why a request that a web page elsewhere made the browser send is refused, or None.
+
+    A page on another site may make the browser send requests here (a form or a no-cors fetch: an upload
+    routed to the cloud costs money) and, by rebinding its own host name to 127.0.0.1, even read the
+    answers. Browsers say where such a request comes from (``Origin``); a rebound name shows in ``Host``.
+    """
+    host = request.headers.get("host", "").lower()
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc.lower() != host:
+        return f"a request from the web page at {origin} is refused (cross-origin)"
+    if request.headers.get("sec-fetch-site") == "cross-site" and request.method != "GET":
+        return "a cross-site request is refused"
+    if listen is not None and listen.unix is None and listen.loopback:
+        name = host[1 : host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0]
+        if name not in LOOPBACK_NAMES | {(listen.host or "").lower()}:
+            return f"the API listens on loopback and answers requests for this machine only, not for {name!r}"
+    return None
 
 
 def _accepted(accept: str) -> str | None:

@@ -88,13 +88,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("stopping", signal=signal.Signals(signum).name)
         stop.set()
 
+    reload = threading.Event()
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGHUP, lambda _s, _f: reload.set())
     daemon.start()
     supervisor.ready()
     log.info("ready", inboxes=len(settings.inboxes), ledger=str(settings.daemon.ledger), host=settings.daemon.host_id)
     while not stop.wait(0.5):
-        pass
+        if reload.is_set():
+            reload.clear()
+            _reload(args, daemon, supervisor, log)
     supervisor.stopping(
         f"finishing the file in hand (up to {settings.daemon.stop_timeout:g} s); cloud jobs keep running"
     )
@@ -102,6 +106,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     supervisor.close()
     log.info("stopped")
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace, daemon: Any, supervisor: Any, log: Any) -> None:
+    """SIGHUP: read the configuration again; a broken one is refused and the running one stays."""
+    supervisor.reloading()
+    try:
+        try:
+            settings = _settings(args)
+        except DiaristError as e:
+            log.error("reload_refused", error=str(e), hint="fix the configuration and reload again; nothing changed")
+            return
+        plan = daemon.reload(settings)
+        log.info("reloaded", **plan.summary())
+        if plan.restart_needed:
+            log.warning(
+                "reload_partial",
+                sections=list(plan.restart_needed),
+                hint="these sections are read at start: restart diarist (systemctl restart diarist) to apply them",
+            )
+    except Exception:  # a reload must never take the daemon down
+        log.exception("reload_error")
+    finally:
+        supervisor.reloaded()
 
 
 # -- process ------------------------------------------------------------------------------------------
@@ -166,13 +193,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not settings.daemon.ledger.exists():
         print(f"no ledger at {settings.daemon.ledger}: the daemon has not run yet with this configuration")
         return EXIT_OK
+    from diarist.daemon.ledger_hooks import DeliveryState
+
     ledger = Ledger(settings.daemon.ledger)
     rows = ledger.recent(args.limit)
+    hooks = ledger.delivery_counts()
+    given_up = [
+        {"hook": d.hook, "event": d.event, "file": d.payload["file"]["name"], "file_id": d.file_id,
+         "attempts": d.attempts, "error": d.last_error}
+        for d in ledger.deliveries(state=DeliveryState.GIVEN_UP, limit=10)
+    ]  # fmt: skip
     if args.json:
-        print(json.dumps({"counts": ledger.counts(), "files": rows}, indent=2))
+        print(
+            json.dumps({"counts": ledger.counts(), "files": rows, "hooks": hooks, "hooks_given_up": given_up}, indent=2)
+        )
         return EXIT_OK
     counts = ledger.counts()
     print("files: " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    if hooks:
+        print("hooks: " + ", ".join(f"{k} {v}" for k, v in sorted(hooks.items())))
+        for d in given_up:
+            print(
+                f"  given up: hook {d['hook']}, {d['event']} of {d['file']} "
+                f"after {d['attempts']} attempts: {d['error']}"
+            )
     for r in rows:
         when = datetime.fromtimestamp(r["updated_at"], UTC).strftime("%Y-%m-%d %H:%M:%S")
         extra = r["error"] or ("reused" if r["reused_from"] else r["route"] or "")

@@ -23,7 +23,9 @@ from diarist.handlers.engine_settings import BUNDLED_ASR, EngineSettings, Transc
 from diarist.handlers.errors import ConfigError
 from diarist.policies.flavor import Priority, Task
 from diarist.policies.formats import parse_formats
+from diarist.policies.hooks import HOOK_EVENTS
 from diarist.policies.identify import DEFAULT_THRESHOLD
+from diarist.policies.intake import NAS_FOLDERS
 from diarist.policies.listen import Listen, ListenError, parse_listen
 from diarist.policies.pricing import unknown_flavor
 from diarist.policies.request import InboxDefaults, ModelIds
@@ -59,6 +61,8 @@ class InboxSettings:
     poll_interval: float = 5.0
     stability_seconds: float = 5.0
     ignore: tuple[str, ...] = ()
+    #: folders never looked into (NAS recycle bins, thumbnails, snapshots, sync state)
+    ignore_folders: tuple[str, ...] = NAS_FOLDERS
     task: Task = Task.DIARIZATION
     speakers: SpeakerCounts = field(default_factory=SpeakerCounts)
     on_success: OnSuccess = OnSuccess.ARCHIVE
@@ -207,6 +211,25 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class HookSettings:
+    """``[[hook]]``: a program to run or a URL to POST to when a file reaches one of the ``on`` events."""
+
+    name: str
+    on: tuple[str, ...] = ("done", "failed")
+    #: only files of this inbox / this user (None: all)
+    inbox: Path | None = None
+    user: str | None = None
+    exec: tuple[str, ...] | None = None
+    url: str | None = None
+    #: HMAC-SHA256 key for ``url`` hooks (``secret_file`` or the ``diarist-webhook-secret`` credential)
+    secret: str | None = field(default=None, repr=False)
+    #: seconds one attempt may take
+    timeout: float = 30.0
+    #: seconds after the event when a delivery that keeps failing is given up
+    give_up_after: float = 86400.0
+
+
+@dataclass(frozen=True)
 class Settings:
     daemon: DaemonSettings
     models: ModelSettings
@@ -218,6 +241,7 @@ class Settings:
     transcription: TranscriptionSettings = field(default_factory=TranscriptionSettings)
     identify: IdentifySettings = field(default_factory=IdentifySettings)
     api: ApiSettings = field(default_factory=ApiSettings)
+    hooks: tuple[HookSettings, ...] = ()
 
     def model_ids(self) -> ModelIds:
         """What a stored answer depends on (part of its reuse key)."""
@@ -321,6 +345,7 @@ _INBOX_KEYS = {
     "poll_interval",
     "stability_seconds",
     "ignore",
+    "ignore_folders",
     "task",
     "num_speakers",
     "min_speakers",
@@ -345,6 +370,9 @@ def _inbox(table: Any, index: int, file: str, base: Path, transcription: Transcr
     ignore = r.get("ignore", list, [])
     if not all(isinstance(p, str) for p in ignore):
         raise r.fail("ignore", "must be a list of glob patterns (strings)")
+    ignore_folders = r.get("ignore_folders", list, list(NAS_FOLDERS))
+    if not all(isinstance(p, str) and p and "/" not in p for p in ignore_folders):
+        raise r.fail("ignore_folders", "must be a list of folder names (no slashes)")
     path = _path(r.get("path", str, required=True), base)
     outbox = _path(r.get("outbox", str, required=True), base)
     if outbox == path or path in outbox.parents:
@@ -361,6 +389,7 @@ def _inbox(table: Any, index: int, file: str, base: Path, transcription: Transcr
         poll_interval=r.number("poll_interval", 5.0, minimum=0.1),
         stability_seconds=r.number("stability_seconds", 5.0),
         ignore=tuple(ignore),
+        ignore_folders=tuple(ignore_folders),
         task=r.choice("task", Task, Task.DIARIZATION),
         speakers=_speakers(r),
         on_success=r.choice("on_success", OnSuccess, OnSuccess.ARCHIVE),
@@ -452,6 +481,69 @@ def _api(table: Any, file: str, base: Path, env: Mapping[str, str]) -> ApiSettin
         max_upload_bytes=int(r.number("max_upload_mb", 2048.0, minimum=0.001) * 1024**2),
         inbox=_path(inbox, base) if inbox else None,
     )
+
+
+WEBHOOK_CREDENTIAL = "diarist-webhook-secret"
+
+
+def _hooks(tables: list[Any], file: str, base: Path, env: Mapping[str, str]) -> tuple[HookSettings, ...]:
+    hooks = []
+    for index, table in enumerate(tables):
+        prefix = f"hook[{index}]"
+        if not isinstance(table, dict):
+            raise ConfigError("each [[hook]] must be a table", key=prefix, file=file)
+        allowed = {"name", "on", "inbox", "user", "exec", "url", "secret_file", "timeout", "give_up_after"}
+        r = _Reader(table, prefix, file, allowed)
+        name = r.get("name", str, f"hook-{index + 1}")
+        on = r.get("on", list, ["done", "failed"])
+        unknown = [e for e in on if e not in HOOK_EVENTS]
+        if unknown or not on:
+            raise r.fail("on", f"events are {', '.join(HOOK_EVENTS)}; got {unknown or on!r}")
+        command, url = r.get("exec", list), r.get("url", str)
+        if (command is None) == (url is None):
+            raise r.fail("exec", 'give exactly one of exec = ["/path/program", "arg", ...] or url = "https://..."')
+        if command is not None and not (command and all(isinstance(a, str) for a in command)):
+            raise r.fail("exec", "must be a non-empty list of strings: the program and its arguments (no shell)")
+        if command is not None and not Path(command[0]).is_absolute():
+            raise r.fail(
+                "exec", f"the program must be an absolute path (the service's PATH is short), got {command[0]!r}"
+            )
+        if url is not None and not re.match(r"https?://[^/\s]+", url):
+            raise r.fail("url", f"must be an http:// or https:// URL, got {url!r}")
+        secret = None
+        if url is not None:
+            secret_file = r.get("secret_file", str)
+            if secret_file:
+                try:
+                    secret = _path(secret_file, base).read_text(encoding="utf-8").strip() or None
+                except OSError as e:
+                    raise r.fail("secret_file", f"cannot read it: {e.strerror}") from e
+            else:
+                secret = credential(WEBHOOK_CREDENTIAL, env)
+            if not secret or len(secret) < MIN_TOKEN_LENGTH:
+                raise r.fail(
+                    "secret_file",
+                    f"a webhook is signed: give it a secret of at least {MIN_TOKEN_LENGTH} characters "
+                    f"(secret_file, or the systemd credential {WEBHOOK_CREDENTIAL})",
+                )
+        inbox = r.get("inbox", str)
+        hooks.append(
+            HookSettings(
+                name=name,
+                on=tuple(dict.fromkeys(on)),
+                inbox=_path(inbox, base) if inbox else None,
+                user=r.get("user", str),
+                exec=tuple(command) if command is not None else None,
+                url=url,
+                secret=secret,
+                timeout=r.number("timeout", 30.0, minimum=0.1),
+                give_up_after=r.number("give_up_after", 86400.0, minimum=1.0),
+            )
+        )
+    names = [h.name for h in hooks]
+    if len(set(names)) != len(names):
+        raise ConfigError("two [[hook]] tables have the same name", key="hook", file=file, hint="name each hook once")
+    return tuple(hooks)
 
 
 def _transcription(table: Any, file: str, base: Path) -> TranscriptionSettings:
@@ -595,7 +687,9 @@ def parse_settings(
     """Validate a parsed TOML document. Raises ``ConfigError`` naming the key."""
     env = os.environ if env is None else env
     base = base or Path.cwd()
-    top = _Reader(data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription", "identify", "api"})
+    top = _Reader(
+        data, "", file, {"daemon", "models", "inbox", "cloud", "users", "transcription", "identify", "api", "hook"}
+    )
     d = _Reader(
         top.get("daemon", dict, {}),
         "daemon",
@@ -661,6 +755,7 @@ def parse_settings(
         identify=_identify(top.get("identify", dict, {}), file),
         inboxes=parsed,
         api=api,
+        hooks=_hooks(top.get("hook", list, []), file, base, env),
         cloud=_cloud(top.get("cloud", dict, {}), file, env),
         users=_users(top.get("users", dict, {}), file),
         source=Path(file) if file != "<config>" else None,

@@ -77,6 +77,10 @@ def unreadable(e: OSError) -> PermanentFileError:
     )
 
 
+#: where uploads sit among an inbox's files (their rel_path) and so their outputs in the outbox
+UPLOADS_FOLDER = "uploads"
+
+
 def fresh_name(outbox: Path, name: str, limit: int = 1000) -> str:
     """``name``, or ``name (2).ext`` ..., whose outputs are not in the outbox yet: each upload gets results of
     its own (a dropped file of the same name replaces its predecessor's; an upload is fetched by id, and
@@ -163,6 +167,13 @@ class Intake:
                     self.tracker.observe(path)
         self._forget_vanished()
 
+    def forget_inbox(self, folder: Path) -> None:
+        """An inbox removed by a reload: stop tracking its files (their rows stay discovered; the inbox,
+        added again, finds them)."""
+        for path in [p for p in self.file_ids if p.is_relative_to(folder)]:
+            self.file_ids.pop(path)
+            self.tracker.forget(path)
+
     def _inbox_of(self, path: Path) -> InboxSettings | None:
         for inbox in self._inboxes.values():
             if path.is_relative_to(inbox.path):
@@ -180,7 +191,7 @@ class Intake:
             except queue.Empty:
                 return
             rel = path.relative_to(inbox.path).as_posix() if path.is_relative_to(inbox.path) else None
-            if rel is None or ignore_reason(rel, inbox.ignore) is not None:
+            if rel is None or ignore_reason(rel, inbox.ignore, inbox.ignore_folders) is not None:
                 continue
             if path in self.tracker:
                 self.tracker.observe(path)
@@ -276,23 +287,31 @@ class Intake:
                 upload, done = self._uploads.get_nowait()
             except queue.Empty:
                 return
-            if not done.set_running_or_notify_cancel():
-                continue
+            # Admitted even when the API stopped waiting (it told the client the upload is kept): a staged
+            # upload is never dropped. The future only carries the answer, if anyone still wants it.
+            wanted = done.set_running_or_notify_cancel()
             try:
-                done.set_result(self._admit(upload))
+                file_id = self._admit(upload)
             except Exception as e:  # the API answers with it; the intake goes on
-                done.set_exception(e)
+                log.exception("upload_not_admitted", file=upload.name)
+                if wanted:
+                    done.set_exception(e)
+                continue
+            if wanted:
+                done.set_result(file_id)
 
     def _admit(self, upload: Upload) -> int:
         """Into this host's processing folder at once: an upload is complete when it arrives (no stability
         wait) and was never in the shared inbox (no other host can race for it)."""
         inbox = upload.inbox
-        name = fresh_name(inbox.outbox, upload.name)
+        # under uploads/: a file dropped into the inbox under the same name is another input, with outputs of
+        # its own (outputs are owned by their input's path)
+        name = fresh_name(inbox.outbox, f"{UPLOADS_FOLDER}/{upload.name}")
         target = intake.unique_path(intake.processing_dir(inbox.path, self._host) / name)
-        if not intake.claim(upload.staged, target):
-            raise FileNotFoundError(f"the staged upload {upload.staged} vanished before it was claimed")
         stem = reserve_stem(inbox.outbox, name)
         params = json.dumps(upload.request.to_json()) if upload.request else None
+        # the row (with its options) first, as for a dropped file: a crash before the rename leaves a stable
+        # row and a staged file that the next start removes; never a claimed file without its options
         file_id = self.ledger.admit(
             str(inbox.path),
             name,
@@ -303,6 +322,10 @@ class Intake:
             size=upload.size,
             out_name=stem,
         )
+        if not intake.claim(upload.staged, target):
+            self.ledger.transition(file_id, State.FAILED, error="the staged upload vanished before it was claimed")
+            raise FileNotFoundError(f"the staged upload {upload.staged} vanished before it was claimed")
+        self.ledger.transition(file_id, State.CLAIMED, detail="uploaded through the API")
         log.info("claimed", file=name, sha=upload.sha256[:12], outputs=stem, uploaded=True)
         self._queued(file_id)
         return file_id

@@ -77,6 +77,10 @@ class ShareLeases:
     def renew_every(self) -> float:
         return self.lease / RENEWALS_PER_LEASE
 
+    def set_inboxes(self, inboxes: Sequence[InboxSettings]) -> None:
+        """After a reload: a new list, swapped in whole (the lease thread may be walking the old one)."""
+        self._inboxes = list(inboxes)
+
     def renew(self) -> None:
         """Write a new token into every inbox; a share that refuses is logged, the others still get theirs."""
         self._seq += 1

@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlite_utils
 
+from diarist.daemon.ledger_hooks import DeliveryBook, PlannedDelivery
 from diarist.daemon.ledger_jobs import OPEN_JOB_STATES, JobBook, JobRow, JobState, PendingCleanup
 from diarist.daemon.ledger_schema import State, create_schema, placeholders, row_to
 from diarist.handlers.errors import TransientError
@@ -82,7 +83,7 @@ class FileRow:
         return request_of(self.params)
 
 
-class Ledger(JobBook):
+class Ledger(JobBook, DeliveryBook):
     """Thread-safe access to the ledger file (one SQLite connection per thread, WAL journal)."""
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.time):
@@ -159,16 +160,26 @@ class Ledger(JobBook):
             return int(file_id)
 
     def admit(self, inbox: str, rel_path: str, *, detail: str, **fields: Any) -> int:
-        """Row for a file that arrives already claimed (an upload through the API): no discovery, no stability
-        wait, one transaction from nothing to ``claimed``."""
+        """Row for a file that arrives complete (an upload through the API): no discovery, no stability wait;
+        ``stable`` with its claim path, like a dropped file just before its claim."""
         now = self.clock()
         with self.transaction() as db:
-            row = {"inbox": inbox, "rel_path": rel_path, "state": State.CLAIMED.value, "created_at": now}
+            row = {"inbox": inbox, "rel_path": rel_path, "state": State.STABLE.value, "created_at": now}
             file_id = int(db["files"].insert({**row, "updated_at": now, **fields}).last_pk)
-            self.add_event(db, file_id, State.CLAIMED, detail, now)
+            self.add_event(db, file_id, State.STABLE, detail, now)
             return file_id
 
-    def transition(self, file_id: int, state: State, *, detail: str | None = None, **fields: Any) -> None:
+    def transition(
+        self,
+        file_id: int,
+        state: State,
+        *,
+        detail: str | None = None,
+        deliveries: Sequence[PlannedDelivery] = (),
+        **fields: Any,
+    ) -> None:
+        """One transaction: the new state, its event, and the hook deliveries it owes (never one without the
+        other, whatever crashes when)."""
         now = self.clock()
         with self.transaction() as db:
             updates = {"state": state.value, "updated_at": now, **fields}
@@ -176,6 +187,7 @@ class Ledger(JobBook):
                 db.execute("update files set inference_runs = inference_runs + 1 where id = ?", [file_id])
             db["files"].update(file_id, updates)
             self.add_event(db, file_id, state, detail, now)
+            self.insert_deliveries(db, file_id, deliveries, now)
 
     def set_fields(self, file_id: int, **fields: Any) -> None:
         with self.transaction() as db:

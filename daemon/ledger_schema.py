@@ -9,6 +9,8 @@ from typing import Any
 
 import sqlite_utils
 
+from diarist.daemon.ledger_hooks import create_deliveries
+
 
 class State(StrEnum):
     """A file's state (see ``ledger``'s module doc for the flow)."""
@@ -123,6 +125,7 @@ def create_schema(db: sqlite_utils.Database) -> None:
             {"name": str, "model": str, "vector": str, "speech_seconds": float, "clips": int, "created_at": float},
             pk=("name", "model"),
         )
+    create_deliveries(db)
     if "cleanups" not in tables:
         # batches whose staged files are still on the Hub because deleting them failed: retried every tick
         db["cleanups"].create({"batch_id": str, "job_id": str, "staged": str, "created_at": float}, pk="batch_id")

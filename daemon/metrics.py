@@ -15,9 +15,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from diarist.daemon.config import UserSettings
-from diarist.daemon.ledger import Ledger, State
+from diarist.daemon.ledger import ONESHOT_PREFIX, Ledger, State
 from diarist.policies.budget import BudgetCaps
 
+#: one-shot runs (diarist process/submit) record their files in the same ledger; they are not the daemon's
+DAEMON_ROWS = "inbox not like ?"
+RUNS = ONESHOT_PREFIX + "%"
 #: seconds from the start of the work (running locally, submitted to the cloud) to the result
 BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0)
 
@@ -39,8 +42,11 @@ class LedgerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         db = self.ledger.db
-        files = GaugeMetricFamily("diarist_files", "Files in the ledger by state", labels=["state"])
-        counts = self.ledger.counts()
+        files = GaugeMetricFamily("diarist_files", "The daemon's files in the ledger by state", labels=["state"])
+        counts = {
+            r["state"]: r["n"]
+            for r in db.query(f"select state, count(*) as n from files where {DAEMON_ROWS} group by state", [RUNS])
+        }
         for state in State:
             files.add_metric([state.value], counts.get(state.value, 0))
         yield files
@@ -50,8 +56,8 @@ class LedgerCollector(Collector):
         )
         for row in db.query(
             "select state, coalesce(route, 'none') as route, count(*) as n from files where state in (?, ?) "
-            "group by state, route",
-            [State.DONE.value, State.FAILED.value],
+            f"and {DAEMON_ROWS} group by state, route",
+            [State.DONE.value, State.FAILED.value, RUNS],
         ):
             finished.add_metric([row["state"], row["route"]], row["n"])
         yield finished
@@ -83,8 +89,8 @@ class LedgerCollector(Collector):
             "select f.route as route, min(e.at) as started, max(d.at) as finished from files f "
             "join events e on e.file_id = f.id and e.state in (?, ?) "
             "join events d on d.file_id = f.id and d.state = ? "
-            "where f.state = ? group by f.id",
-            [State.RUNNING.value, State.SUBMITTED.value, State.DONE.value, State.DONE.value],
+            f"where f.state = ? and f.{DAEMON_ROWS} group by f.id",
+            [State.RUNNING.value, State.SUBMITTED.value, State.DONE.value, State.DONE.value, RUNS],
         ):
             spans.setdefault(row["route"] or "none", []).append(max(row["finished"] - row["started"], 0.0))
         histogram = HistogramMetricFamily(

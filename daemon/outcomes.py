@@ -17,8 +17,10 @@ from typing import Any, Protocol
 import structlog
 
 from diarist.daemon.config import IdentifySettings, InboxSettings, OnSuccess
+from diarist.daemon.hooks import HookPlanner
 from diarist.daemon.leases import Reclaimed
 from diarist.daemon.ledger import FileRow, Ledger, State
+from diarist.daemon.ledger_hooks import PlannedDelivery
 from diarist.daemon.voices import VoiceBook
 from diarist.handlers import intake
 from diarist.handlers.crashpoints import crash_point
@@ -116,6 +118,8 @@ class Outcomes:
         inboxes: Mapping[str, InboxSettings],
         wake: threading.Event | None = None,
         identify: IdentifySettings | None = None,
+        hooks: HookPlanner | None = None,
+        hooks_wake: threading.Event | None = None,
     ):
         self.ledger = ledger
         self._identify = identify or IdentifySettings()
@@ -124,6 +128,21 @@ class Outcomes:
         self._inboxes = inboxes
         #: set when a file is handed (back) to the local worker
         self._wake = wake or threading.Event()
+        self._hooks = hooks
+        #: set when hook deliveries were added
+        self._hooks_wake = hooks_wake or threading.Event()
+
+    def _plan(self, event: str, row: FileRow, **details: Any) -> list[PlannedDelivery]:
+        """The hook deliveries ``event`` owes (recorded with the event itself)."""
+        inbox = self._inboxes.get(row.inbox)
+        if self._hooks is None or inbox is None:
+            return []
+        user = question(row.request(), inbox.defaults()).user
+        paths = OutputPaths.for_stem(inbox.outbox, stem_of(row))
+        planned = self._hooks.plan(event, row, user=user, paths=paths, **details)
+        if planned:
+            self._hooks_wake.set()  # the hook worker looks now (or, before the commit, at its next poll)
+        return planned
 
     def inbox_of(self, row: FileRow) -> InboxSettings:
         inbox = self._inboxes.get(row.inbox)
@@ -161,7 +180,12 @@ class Outcomes:
             follow(claimed, target)
             moved = str(target)
         crash_point("archived")
-        self.ledger.transition(row.id, State.DONE, detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}))
+        self.ledger.transition(
+            row.id,
+            State.DONE,
+            detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}),
+            deliveries=self._plan("done", row, doc=doc),
+        )
         log.info(
             "done",
             speakers=len(doc["speakers"]),
@@ -193,7 +217,10 @@ class Outcomes:
             remove_quietly(paths.status)
         except OSError as e:  # outbox not writable or full: the explanation beside the failed file must do
             log.warning("error_document_not_written", path=str(paths.error), error=str(e))
-        self.ledger.transition(row.id, State.FAILED, error=str(error))
+        problem = {"kind": error.kind, "message": error.message, "hint": error.hint}
+        self.ledger.transition(
+            row.id, State.FAILED, error=str(error), deliveries=self._plan("failed", row, error=problem)
+        )
         log.warning("failed", error=str(error), moved_to=str(moved))
 
     def fall_back(self, row: FileRow, reason: str, info: dict[str, Any]) -> None:
@@ -263,6 +290,8 @@ class Outcomes:
             return
         path = OutputPaths.for_stem(inbox.outbox, stem_of(row)).status
         self._write_status(path, row.rel_path, state, progress=progress, step=step, note=note, engine=engine)
+        if state in ("waiting", "deferred"):  # not state changes of their own: told once per file
+            self.ledger.add_deliveries_once(row.id, state, self._plan(state, row, note=note))
 
     def _write_status(
         self,

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -23,10 +24,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from diarist.daemon.cloud import CloudRoute
 from diarist.daemon.config import Settings
+from diarist.daemon.hooks import HookPlanner, HookWorker
 from diarist.daemon.inboxes import Intake
 from diarist.daemon.leases import ShareLeases
 from diarist.daemon.ledger import ONESHOT_PREFIX, Ledger, State
 from diarist.daemon.outcomes import Outcomes
+from diarist.daemon.reload import ReloadPlan, Reloads, plan_reload
 from diarist.daemon.router import Router
 from diarist.daemon.uploads import sweep_staged
 from diarist.daemon.watcher import InboxWatcher
@@ -72,11 +75,25 @@ class Daemon:
         self._tick = tick
         self._host = settings.daemon.host_id
         inboxes = {str(i.path): i for i in settings.inboxes}
+        #: the one map every part reads (by .get); a reload changes it in place, on the intake thread
+        self._inboxes = inboxes
+        self._reloads = Reloads(self._apply)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
         self.heartbeats: dict[str, float] = {}
-        self.out = Outcomes(ledger, self._host, wall, inboxes, self._wake, identify=settings.identify)
+        self.hook_worker = HookWorker(ledger, lambda: self.settings.hooks, wall=wall, beat=lambda: self._beat("hooks"))
+        planner = HookPlanner(lambda: self.settings.hooks, ledger, self._host, wall)
+        self.out = Outcomes(
+            ledger,
+            self._host,
+            wall,
+            inboxes,
+            self._wake,
+            identify=settings.identify,
+            hooks=planner,
+            hooks_wake=self.hook_worker.wake,
+        )
         self.intake = Intake(
             inboxes,
             ledger=ledger,
@@ -165,6 +182,7 @@ class Daemon:
             threading.Thread(target=self._intake_loop, name="diarist-intake", daemon=True),
             threading.Thread(target=self._worker_loop, name="diarist-worker", daemon=True),
             threading.Thread(target=self._lease_loop, name="diarist-lease", daemon=True),
+            threading.Thread(target=self.hook_worker.run, args=(self._stop,), name="diarist-hooks", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -190,7 +208,7 @@ class Daemon:
         from diarist.daemon.api import ApiContext
 
         return ApiContext(
-            settings=self.settings,
+            current=lambda: self.settings,
             ledger=self.ledger,
             admit=self.intake.admit,
             stale=self.stale,
@@ -211,6 +229,7 @@ class Daemon:
         self.worker.deadline = self._clock() + self.settings.daemon.stop_timeout
         self._stop.set()
         self._wake.set()
+        self.hook_worker.wake.set()
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
             self._scheduler = None
@@ -224,9 +243,36 @@ class Daemon:
 
     # -- the threads -------------------------------------------------------------------------------
 
+    # -- reload ------------------------------------------------------------------------------------------
+
+    def reload(self, settings: Settings, timeout: float = 60.0) -> ReloadPlan:
+        """Apply a new configuration's inboxes and hooks (from any thread; done on the intake thread, which
+        alone walks the inboxes). The file in hand is not touched."""
+        return self._reloads.request(settings, timeout)
+
+    def _apply(self, new: Settings) -> ReloadPlan:
+        plan = plan_reload(self.settings, new)
+        for inbox in (*plan.removed, *plan.changed):
+            self.watcher.unwatch(inbox.path)
+            self.intake.forget_inbox(inbox.path)
+            self._inboxes.pop(str(inbox.path), None)
+        for inbox in (*plan.added, *plan.changed):
+            inbox.path.mkdir(parents=True, exist_ok=True)
+            inbox.outbox.mkdir(parents=True, exist_ok=True)
+            self._inboxes[str(inbox.path)] = inbox
+            mode = self.watcher.watch(inbox)
+            log.info("inbox", inbox=str(inbox.path), outbox=str(inbox.outbox), polling=mode.polling, reason=mode.reason)
+        self.settings = replace(self.settings, inboxes=new.inboxes, hooks=new.hooks)
+        self.leases.set_inboxes(new.inboxes)
+        if plan.added or plan.changed:
+            self.intake.scan_all()
+        self.hook_worker.wake.set()
+        return plan
+
     def intake_tick(self) -> None:
         """One pass of the intake loop: the ledger heartbeat, the intake, then routing what it claimed."""
         self._beat("intake")
+        self._reloads.apply_pending()
         if self._wall() >= self._next_heartbeat:
             self.ledger.heartbeat(self._host, os.getpid(), self._started_at)
             self._next_heartbeat = self._wall() + HEARTBEAT_SECONDS
@@ -292,6 +338,8 @@ class Daemon:
             "worker": 600.0,
             "cloud": max(600.0, 4 * self.settings.cloud.poll_interval),
             "lease": max(30.0, self.settings.daemon.lease_seconds / 2),
+            # one attempt at a time, each within its hook's timeout
+            "hooks": max([120.0] + [2 * h.timeout + 30 for h in self.settings.hooks]),
         }
 
     def stale(self) -> list[str]:
@@ -302,22 +350,27 @@ class Daemon:
         return problems
 
     def status_line(self) -> str:
-        counts = self.ledger.counts()
-        caps = self.cloud.terms.caps(None)
-        left = None
-        if caps.daily_usd is not None or caps.monthly_usd is not None:
-            totals = self.ledger.budget_totals(self.cloud.tz)
-            room = [
-                cap - period.committed_usd
-                for cap, period in ((caps.daily_usd, totals.day), (caps.monthly_usd, totals.month))
-                if cap is not None
-            ]
-            left = max(min(room), Decimal(0))
-        return status_line(
-            waiting=counts.get(State.CLAIMED.value, 0) + counts.get(State.STABLE.value, 0),
-            running=counts.get(State.RUNNING.value, 0),
-            cloud_files=counts.get(State.QUEUED.value, 0) + counts.get(State.SUBMITTED.value, 0),
-            cloud_jobs=len(self.ledger.open_jobs()),
-            budget_left=left,
-            stale=self.stale(),
-        )
+        return status_of(self.ledger, self.cloud, self.stale())
+
+
+def status_of(ledger: Ledger, cloud: CloudRoute, stale: list[str]) -> str:
+    """systemd's STATUS= line: what waits, runs and is in the cloud, the budget left, what is stale."""
+    counts = ledger.counts()
+    caps = cloud.terms.caps(None)
+    left = None
+    if caps.daily_usd is not None or caps.monthly_usd is not None:
+        totals = ledger.budget_totals(cloud.tz)
+        room = [
+            cap - period.committed_usd
+            for cap, period in ((caps.daily_usd, totals.day), (caps.monthly_usd, totals.month))
+            if cap is not None
+        ]
+        left = max(min(room), Decimal(0))
+    return status_line(
+        waiting=counts.get(State.CLAIMED.value, 0) + counts.get(State.STABLE.value, 0),
+        running=counts.get(State.RUNNING.value, 0),
+        cloud_files=counts.get(State.QUEUED.value, 0) + counts.get(State.SUBMITTED.value, 0),
+        cloud_jobs=len(ledger.open_jobs()),
+        budget_left=left,
+        stale=stale,
+    )

@@ -8,6 +8,7 @@ nothing.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol
 
 import structlog
@@ -74,6 +75,15 @@ class Supervisor:
                 self.beat()
             except Exception:  # the ledger may be busy; the next beat tries again
                 log.exception("notify_error")
+
+    def reloading(self) -> None:
+        """``systemctl reload`` waits for READY=1 after RELOADING=1 (stamped with CLOCK_MONOTONIC)."""
+        self._notifier.send(
+            reloading=1, monotonic_usec=time.monotonic_ns() // 1000, status="reloading the configuration"
+        )
+
+    def reloaded(self) -> None:
+        self._notifier.send(ready=1, status=self._daemon.status_line())
 
     def stopping(self, detail: str) -> None:
         self._stopping = detail

@@ -73,7 +73,7 @@ def upload_request(query: Mapping[str, str | None]) -> FileRequest | None:
     for key in COUNT_OPTIONS:
         value = query.get(key)
         if value is not None:
-            doc[key] = int(value) if value.isdigit() else value
+            doc[key] = int(value) if value.isascii() and value.isdigit() else value
     if query.get("formats"):
         doc["formats"] = format_args([query["formats"] or ""])
     if not doc:
@@ -126,6 +126,9 @@ async def check_audio(staged: Path) -> None:
     except ToolMissingError as e:
         staged.unlink(missing_ok=True)
         raise RequestError(503, e.message, hint=e.hint) from None
+    except BaseException:  # an ffprobe that hung or answered nonsense, a cancelled request: nothing stays
+        staged.unlink(missing_ok=True)
+        raise
 
 
 def sweep_staged(folder: Path) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 from watchdog.observers.polling import PollingObserver
 
 from diarist.daemon.config import InboxSettings
@@ -38,6 +38,7 @@ def scan(inbox: InboxSettings) -> Iterator[Path]:
     """Every regular file and symlink under the inbox (top level only unless recursive), skipping hidden
     folders. Symlinked folders are never entered. By name, so that a backlog is claimed in a predictable
     order (a host claims only a few files ahead)."""
+    folded = {f.casefold() for f in inbox.ignore_folders}  # NAS recycle bins, snapshots: never walked
     stack = [inbox.path]
     while stack:
         folder = stack.pop()
@@ -47,7 +48,8 @@ def scan(inbox: InboxSettings) -> Iterator[Path]:
             continue
         for entry in entries:
             if entry.is_dir(follow_symlinks=False):
-                if inbox.recursive and not entry.name.startswith(".") and entry.name != STATE_DIR_NAME:
+                skipped = entry.name.startswith(".") or entry.name.casefold() in folded
+                if inbox.recursive and not skipped and entry.name != STATE_DIR_NAME:
                     stack.append(Path(entry.path))
             elif entry.is_file(follow_symlinks=False) or entry.is_symlink():  # links: to be refused
                 yield Path(entry.path)
@@ -73,38 +75,65 @@ class _Handler(FileSystemEventHandler):
 
 
 class InboxWatcher:
-    """One observer per polling inbox (each has its own interval) and one shared native observer."""
+    """One observer per polling inbox (each has its own interval) and one shared native observer. Inboxes
+    may be added and removed while it runs (a configuration reload)."""
 
     def __init__(self, inboxes: tuple[InboxSettings, ...], on_path: OnPath, mounts_text: str | None = None):
-        self._inboxes = inboxes
+        self._inboxes = list(inboxes)
         self._on_path = on_path
+        self._mounts_text = mounts_text
         self.modes = {inbox.path: watch_mode(inbox, mounts_text) for inbox in inboxes}
-        self._observers: list[BaseObserver] = []
+        self._native: BaseObserver | None = None
+        self._polling: dict[Path, BaseObserver] = {}
+        self._native_watches: dict[Path, ObservedWatch] = {}
 
     def start(self) -> None:
-        native: BaseObserver | None = None
         for inbox in self._inboxes:
-            inbox.path.mkdir(parents=True, exist_ok=True)
-            handler = _Handler(inbox, self._on_path)
-            if self.modes[inbox.path].polling:
-                observer: BaseObserver = PollingObserver(timeout=inbox.poll_interval)
-                observer.schedule(handler, str(inbox.path), recursive=inbox.recursive)
-                self._observers.append(observer)
-            else:
-                if native is None:
-                    native = Observer()
-                    self._observers.append(native)
-                native.schedule(handler, str(inbox.path), recursive=inbox.recursive)
-        for observer in self._observers:
+            self._schedule(inbox)
+
+    def _schedule(self, inbox: InboxSettings) -> None:
+        inbox.path.mkdir(parents=True, exist_ok=True)
+        handler = _Handler(inbox, self._on_path)
+        if self.modes[inbox.path].polling:
+            observer: BaseObserver = PollingObserver(timeout=inbox.poll_interval)
+            observer.schedule(handler, str(inbox.path), recursive=inbox.recursive)
             observer.daemon = True
             observer.start()
+            self._polling[inbox.path] = observer
+            return
+        if self._native is None:
+            self._native = Observer()
+            self._native.daemon = True
+            self._native.start()
+        self._native_watches[inbox.path] = self._native.schedule(handler, str(inbox.path), recursive=inbox.recursive)
+
+    def watch(self, inbox: InboxSettings) -> WatchMode:
+        """Start watching an inbox added while running."""
+        self.modes[inbox.path] = mode = watch_mode(inbox, self._mounts_text)
+        self._schedule(inbox)
+        return mode
+
+    def unwatch(self, path: Path) -> None:
+        """Stop watching an inbox removed while running."""
+        polling = self._polling.pop(path, None)
+        if polling is not None:
+            polling.stop()
+            polling.join(timeout=5)
+        watch = self._native_watches.pop(path, None)
+        if watch is not None and self._native is not None:
+            self._native.unschedule(watch)
+        self.modes.pop(path, None)
 
     def alive(self) -> bool:
-        return all(o.is_alive() for o in self._observers)
+        observers = [*self._polling.values(), *([self._native] if self._native else [])]
+        return all(o.is_alive() for o in observers)
 
     def stop(self) -> None:
-        for observer in self._observers:
+        observers = [*self._polling.values(), *([self._native] if self._native else [])]
+        for observer in observers:
             observer.stop()
-        for observer in self._observers:
+        for observer in observers:
             observer.join(timeout=5)
-        self._observers.clear()
+        self._polling.clear()
+        self._native_watches.clear()
+        self._native = None

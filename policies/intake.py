@@ -50,14 +50,37 @@ SYSTEM_PATTERNS = (
 #: diarist's own folder inside each inbox (claims, archive, failures)
 STATE_DIR_NAME = ".diarist"
 
+#: folders that NAS systems, file servers and sync tools keep inside shared folders (thumbnails, recycle bins,
+#: snapshots, resource forks, sync state): nothing in them is a recording someone dropped. Matched by name,
+#: case-insensitively, at any depth; ``[[inbox]] ignore_folders`` replaces the list.
+NAS_FOLDERS = (
+    "@eaDir",  # Synology thumbnails and metadata
+    "#recycle",  # Synology / QNAP recycle bin
+    "#snapshot",  # Synology snapshots
+    "$RECYCLE.BIN",  # Windows (SMB) recycle bin
+    ".snapshot",  # NetApp, some NFS servers
+    "__MACOSX",  # resource forks unpacked from a macOS zip
+    ".stfolder",  # Syncthing
+    ".sync",  # Resilio Sync
+    ".@__thumb",  # QNAP thumbnails
+    "@Recycle",  # QNAP recycle bin
+    "System Volume Information",  # Windows
+)
 
-def ignore_reason(rel_path: str, extra_patterns: Sequence[str] = ()) -> str | None:
+
+def ignore_reason(
+    rel_path: str, extra_patterns: Sequence[str] = (), folders: Sequence[str] = NAS_FOLDERS
+) -> str | None:
     """Return why ``rel_path`` (relative to the inbox, ``/``-separated) is not a candidate, or None.
 
-    Hidden folders (including diarist's own ``.diarist``) exclude everything below them.
+    Hidden folders (including diarist's own ``.diarist``) and the system ``folders`` exclude everything below
+    them.
     """
     parts = rel_path.split("/")
+    system = {f.casefold() for f in folders}
     for folder in parts[:-1]:
+        if folder.casefold() in system:
+            return f"inside system folder {folder!r}"
         if folder.startswith("."):
             return f"inside hidden folder {folder!r}"
     name = parts[-1]

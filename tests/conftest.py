@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 # The loopback Hub emulator stores large files by the Git LFS protocol; the Xet protocol the client prefers lives
 # in hf_xet's own storage service, which no loopback server can stand in for. Read by huggingface_hub at import
@@ -139,7 +140,8 @@ def log_events(text: str) -> list[dict[str, Any]]:
     """The JSON log lines of a ``diarist run`` log (``log_format = "json"``). The log may still be written
     to: a last line without its newline is taken only if it is already a whole JSON document (a line being
     written is not an event yet; it is read whole by the next call)."""
-    lines = text.split("\n")
+    # under journald each line starts with its syslog priority, <3> to <7> (daemon/logs.py): not part of it
+    lines = [re.sub(r"^<[0-7]>(?=\{)", "", line) for line in text.split("\n")]
     last = lines.pop()  # "" when the text ends with a newline
     events = [json.loads(line) for line in lines if line.startswith("{")]
     if last.startswith("{"):

@@ -27,7 +27,7 @@ from diarist.daemon.service import Daemon
 from diarist.handlers.errors import ConfigError
 from diarist.policies.listen import ListenError, parse_listen
 
-from conftest import cut
+from conftest import cut, wait_until
 
 TOKEN = "diarist-api-test-token-0123456789"
 
@@ -99,7 +99,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
     ledger = Ledger(settings.daemon.ledger)
     clock = FakeClock()
     daemon = Daemon(settings, engine=None, ledger=ledger, clock=clock)  # type: ignore[arg-type]
-    for component in ("intake", "worker", "cloud", "lease"):  # as if its threads had just reported
+    for component in ("intake", "worker", "cloud", "lease", "hooks"):  # as if its threads had just reported
         daemon.heartbeats[component] = clock.now
     server = ApiServer(build_app(daemon.api_context()), settings.api.listen)
     server.start()
@@ -203,23 +203,35 @@ class TestUploads:
         assert status == 201, body
         doc = json.loads(body)
         assert headers["location"] == f"/v1/files/{doc['id']}"
-        assert doc["state"] == "claimed" and doc["name"] == "talk.wav" and doc["user"] == "alice"
+        assert doc["state"] == "claimed" and doc["name"] == "uploads/talk.wav" and doc["user"] == "alice"
         row = api.ledger.get(doc["id"])
         assert row.sha256 == hashlib.sha256(data).hexdigest() and row.size == len(data)
         assert Path(row.claim_path or "").read_bytes() == data
-        assert Path(row.claim_path or "").parent == api.inbox / ".diarist/processing/h1"
+        assert Path(row.claim_path or "").parent == api.inbox / ".diarist/processing/h1/uploads"
         asked = row.request()
         assert asked.task == "vad" and asked.num_speakers == 2 and asked.formats == ("srt", "vtt")
-        assert json.loads((api.outbox / "talk.status.json").read_text())["state"] == "queued"
+        assert json.loads((api.outbox / "uploads/talk.status.json").read_text())["state"] == "queued"
         # the same name again: its own row, its own outputs
         status, _, body = api.call("POST", "/v1/files?name=talk.wav", iter([data[:1000], data[1000:]]))
         again = json.loads(body)
-        assert status == 201 and again["id"] != doc["id"] and again["name"] == "talk (2).wav"
-        assert api.ledger.get(again["id"]).out_name == "talk (2)", "never the first upload's outputs"
+        assert status == 201 and again["id"] != doc["id"] and again["name"] == "uploads/talk (2).wav"
+        assert api.ledger.get(again["id"]).out_name == "uploads/talk (2)", "never the first upload's outputs"
         status, listing = api.json("GET", "/v1/files?user=alice")
         assert status == 200 and [f["id"] for f in listing["files"]] == [doc["id"]]
         status, listing = api.json("GET", "/v1/files?state=claimed")
         assert sorted(f["id"] for f in listing["files"]) == sorted([doc["id"], again["id"]])
+        # a recording dropped into the inbox under the same name is another input with outputs of its own
+        (api.inbox / "talk.wav").write_bytes(data)
+        api.daemon.intake.scan_all()
+        wait_until(lambda: any(r["rel_path"] == "talk.wav" for r in api.ledger.recent(10)), 10, "the drop seen")
+        api.clock.now += 60  # its stability window
+        wait_until(
+            lambda: any(r["rel_path"] == "talk.wav" and r["state"] == "claimed" for r in api.ledger.recent(10)),
+            10,
+            "the drop claimed",
+        )
+        dropped = next(r for r in api.ledger.recent(10) if r["rel_path"] == "talk.wav")
+        assert api.ledger.get(dropped["id"]).out_name == "talk"
 
     @pytest.mark.parametrize(
         ("query", "status", "says"),
@@ -235,12 +247,28 @@ class TestUploads:
             ("name=a.wav&route=moon", 422, "route"),
             ("name=a.wav&formats=docx", 422, "docx"),
             ("name=a.wav&force_cloud=maybe", 422, "force_cloud"),
+            ("name=a.wav&num_speakers=%C2%B2", 422, "num_speakers"),
         ],
     )
     def test_refused_before_a_byte_is_kept(self, api: Api, speech: Path, query: str, status: int, says: str) -> None:
         got, body = api.json("POST", f"/v1/files?{query}", speech.read_bytes())
         assert got == status and says in body["error"]["message"], body
         api.nothing_left()
+
+    def test_an_upload_the_api_stopped_waiting_for_is_still_admitted(self, api: Api, speech: Path) -> None:
+        """The API gives up waiting for a busy intake (503: "kept and will still be processed"): the intake
+        then claims the staged file all the same, never drops it."""
+        from diarist.daemon.inboxes import Upload
+
+        staged = api.inbox / ".diarist/uploads/h1/late.wav.upload"
+        staged.parent.mkdir(parents=True)
+        staged.write_bytes(speech.read_bytes())
+        inbox = api.daemon.settings.inboxes[0]
+        done = api.daemon.intake.admit(Upload(inbox, staged, "late.wav", None, "0" * 64, staged.stat().st_size))
+        done.cancel()  # what asyncio's timeout did to it before the fix
+        wait_until(lambda: api.ledger.recent(1), 10, "the admission")
+        (row,) = api.ledger.recent(1)
+        assert row["rel_path"] == "uploads/late.wav" and row["state"] == "claimed" and not staged.exists()
 
     def test_oversized_uploads_are_refused_whether_announced_or_not(self, api: Api) -> None:
         """Over [api] max_upload_mb (1 MB here): refused from Content-Length before reading, or while streaming
@@ -269,6 +297,37 @@ class TestUploads:
         )
         assert got == 415 and "--data-binary" in body["error"]["hint"]
         api.nothing_left()
+
+
+class TestForeignPages:
+    """A web page elsewhere can make a browser send requests to a loopback API; none gets through."""
+
+    @pytest.mark.parametrize(
+        ("headers", "says"),
+        [
+            ({"Origin": "https://evil.example"}, "cross-origin"),
+            ({"Host": "rebind.evil.example"}, "this machine only"),
+            ({"Host": "rebind.evil.example:8650", "Origin": "http://rebind.evil.example:8650"}, "this machine only"),
+            ({"Sec-Fetch-Site": "cross-site"}, "cross-site"),
+        ],
+    )
+    def test_cross_site_and_rebound_requests_are_refused(
+        self, api: Api, speech: Path, headers: dict[str, str], says: str
+    ) -> None:
+        status, body = api.json(
+            "POST",
+            "/v1/files?name=x.wav&route=cloud",
+            speech.read_bytes(),
+            headers={"Content-Type": "text/plain", **headers},
+        )
+        assert status == 403 and says in body["error"]["message"], body
+        api.nothing_left()
+
+    def test_the_dashboards_own_requests_pass(self, api: Api) -> None:
+        host, port = api.server.sock.getsockname()[:2]
+        same = {"Origin": f"http://{host}:{port}", "Sec-Fetch-Site": "same-origin"}
+        assert api.call("GET", "/dashboard/panel", headers=same)[0] == 200
+        assert api.call("GET", "/v1/files", headers={"Host": f"localhost:{port}"})[0] == 200
 
 
 class TestReads:
@@ -342,7 +401,7 @@ def test_a_unix_socket_needs_no_token_and_only_its_group(tmp_path: Path) -> None
         env={},
     )
     daemon = Daemon(settings, engine=None, ledger=Ledger(settings.daemon.ledger))  # type: ignore[arg-type]
-    for component in ("intake", "worker", "cloud", "lease"):
+    for component in ("intake", "worker", "cloud", "lease", "hooks"):
         daemon.heartbeats[component] = time.monotonic()
     server = ApiServer(build_app(daemon.api_context()), settings.api.listen)
     server.start()

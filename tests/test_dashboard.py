@@ -124,12 +124,12 @@ def test_upload_follow_fetch_cancel_and_watch_it_in_a_browser(
             assert doc["state"] == "done" and doc["route"] == "local" and doc["progress"] == 1.0, doc
             status, headers, rttm = api.call("GET", f"/v1/files/{meeting['id']}/result?format=rttm")
             assert status == 200 and headers["content-type"].startswith("text/x-rttm")
-            assert rttm == (outbox / "meeting.rttm").read_bytes()
+            assert rttm == (outbox / "uploads/meeting.rttm").read_bytes()
             assert len({line.split()[7] for line in rttm.decode().splitlines()}) == 2
             status, _, vtt = api.call("GET", f"/v1/files/{meeting['id']}/result", headers={"Accept": "text/vtt"})
             assert status == 200 and vtt.startswith(b"WEBVTT")
             result = api.json("GET", f"/v1/files/{meeting['id']}/result")
-            assert result == json.loads((outbox / "meeting.json").read_text())
+            assert result == json.loads((outbox / "uploads/meeting.json").read_text())
 
             # 2. a cloud upload: listed as bob's job, shown live on the page, then canceled
             cloudy = api.upload(clip, "name=call.wav&force_cloud=true&user=bob")
@@ -184,7 +184,7 @@ def test_upload_follow_fetch_cancel_and_watch_it_in_a_browser(
             db, "select count(*) from jobs where state in ('submitting', 'in-flight')"
         )
         ages = {dict(labels)["component"] for (name, labels) in samples if name == "diarist_heartbeat_age_seconds"}
-        assert ages == {"intake", "worker", "cloud", "lease"}
+        assert ages == {"intake", "worker", "cloud", "lease", "hooks"}
         labels = {v for (_, lbls) in samples for _, v in lbls}
         assert not [v for v in labels if "meeting" in v or "call" in v or ".wav" in v], labels
         assert api.call("GET", "/healthz")[0] == 200

@@ -23,7 +23,7 @@ from diarist.handlers.intake import (
     state_dir,
     unique_path,
 )
-from diarist.policies.intake import AUDIO_EXTENSIONS, STATE_DIR_NAME, ignore_reason
+from diarist.policies.intake import AUDIO_EXTENSIONS, NAS_FOLDERS, STATE_DIR_NAME, ignore_reason
 
 IGNORED: list[tuple[str, str]] = [
     # (path relative to the inbox, a word the reason contains)
@@ -90,7 +90,19 @@ class TestIgnoreReason:
     def test_anything_under_a_hidden_folder_is_ignored(self, folder: str, above: list[str], ext: str) -> None:
         """Any file below a hidden folder (at any depth) is ignored, even a good audio file."""
         rel_path = "/".join([*above, folder, f"a{ext}"])
-        assert ignore_reason(rel_path) == f"inside hidden folder {folder!r}"
+        kind = "system" if folder.casefold() in {f.casefold() for f in NAS_FOLDERS} else "hidden"
+        assert ignore_reason(rel_path) == f"inside {kind} folder {folder!r}"
+
+    @pytest.mark.parametrize("folder", NAS_FOLDERS)
+    def test_nas_system_folders_are_never_looked_into(self, folder: str) -> None:
+        """What a NAS, a file server or a sync tool keeps in a share (thumbnails, recycle bins, snapshots) is
+        ignored at any depth and in any case; an inbox's own ignore_folders replaces the list."""
+        for rel_path in (f"{folder}/a.wav", f"team/{folder}/deep/a.wav", f"{folder.upper()}/a.wav"):
+            assert (
+                ignore_reason(rel_path)
+                == f"inside system folder {rel_path.split('/')[-2 if 'deep' not in rel_path else -3]!r}"
+            )
+        assert ignore_reason(f"{folder}/a.wav", folders=()) in (None, f"inside hidden folder {folder!r}")
 
     def test_state_folder_is_hidden(self) -> None:
         """diarist's own folder starts with a dot, so its contents are never candidates."""

@@ -195,3 +195,19 @@ class TestIntake:
             daemon.intake_tick()  # a rescan, then a whole stability window
         assert [(r["rel_path"], r["state"]) for r in ledger.recent(100)] == [("a.wav", "done")]
         assert (inbox / "a.wav").read_bytes() == b"x" * 100 and not daemon.intake.file_ids
+
+    def test_files_in_nas_folders_are_never_taken(self, tmp_path):
+        """A recursive inbox on a NAS share: thumbnails, recycle bins and snapshots the NAS keeps there are never
+        discovered (neither by scan nor by event); the recording beside them is."""
+        clock = FakeClock()
+        daemon, inbox, ledger = make_daemon(tmp_path, clock, inbox_options={"recursive": True})
+        for rel in ("@eaDir/talk.wav/SYNOVIDEO_AUDIO.wav", "#recycle/old.wav", "team/#snapshot/a.wav",
+                    "$RECYCLE.BIN/S-1-5/b.wav", "__MACOSX/._c.wav", "team/talk.wav"):  # fmt: skip
+            (inbox / rel).parent.mkdir(parents=True, exist_ok=True)
+            (inbox / rel).write_bytes(b"x" * 100)
+            daemon.intake.on_path(daemon.settings.inboxes[0], inbox / rel)
+        daemon.intake.scan_all()
+        daemon.intake_tick()
+        clock.now += 6
+        daemon.intake_tick()
+        assert states(ledger) == {"team/talk.wav": "claimed"}

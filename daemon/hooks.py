@@ -1,0 +1,212 @@
+"""Hooks ([[hook]]): what each event tells them (``HookPlanner``, called by ``Outcomes`` as the event is
+recorded) and the worker that delivers them (``HookWorker``, its own thread: the model worker never waits
+for a hook). At least once: a delivery is a ledger row from the moment its event is, retried with capped
+backoff until it succeeds or ``give_up_after`` passes; receivers drop repeats by their idempotency key."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from diarist.daemon.config import HookSettings
+from diarist.daemon.ledger import FileRow, Ledger
+from diarist.daemon.ledger_hooks import Delivery, DeliveryState, PlannedDelivery
+from diarist.handlers.crashpoints import crash_point
+from diarist.handlers.hook_delivery import Attempt, post, run_program
+from diarist.handlers.results import OutputPaths
+from diarist.policies.hooks import idempotency_key, retry_at, wants
+
+log = structlog.get_logger("diarist")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+class HookPlanner:
+    """Builds each matching hook's copy of an event. ``hooks`` is read at each event (a reload changes it)."""
+
+    def __init__(
+        self, hooks: Callable[[], tuple[HookSettings, ...]], ledger: Ledger, host: str, wall: Callable[[], float]
+    ):
+        self._hooks = hooks
+        self._ledger = ledger
+        self._host = host
+        self._wall = wall
+
+    def plan(
+        self,
+        event: str,
+        row: FileRow,
+        *,
+        user: str | None,
+        paths: OutputPaths | None,
+        doc: Mapping[str, Any] | None = None,
+        error: Mapping[str, Any] | None = None,
+        note: str | None = None,
+    ) -> list[PlannedDelivery]:
+        hooks = [
+            h
+            for h in self._hooks()
+            if wants(h.on, str(h.inbox) if h.inbox else None, h.user, event=event, inbox=row.inbox, user=user)
+        ]
+        if not hooks:
+            return []
+        payload = {
+            "event": event,
+            "at": _iso(self._wall()),
+            "host": self._host,
+            "file": {
+                "id": row.id,
+                "name": row.rel_path,
+                "inbox": row.inbox,
+                "sha256": row.sha256,
+                "user": user,
+                "route": row.route,
+                "task": row.task,
+                "duration": row.duration,
+            },
+            "result": {
+                "json": str(paths.json),
+                "rttm": str(paths.rttm),
+                "speakers": len(doc.get("speakers", [])),
+            }
+            if paths is not None and doc is not None
+            else None,
+            "error": dict(error, error_json=str(paths.error) if paths else None) if error is not None else None,
+            "note": note,
+            "cost_usd": self._cost(row),
+        }
+        return [PlannedDelivery(h.name, event, payload) for h in hooks]
+
+    def _cost(self, row: FileRow) -> str | None:
+        """A cloud file's share of its job's cost (billed, else the estimate); 0 on the local route."""
+        if row.batch_id is None:
+            return "0" if row.route == "local" else None
+        job = self._ledger.job(row.batch_id)
+        files = max(len(self._ledger.job_files(row.batch_id)), 1)
+        total = job.cost_usd or job.est_usd
+        return f"{float(total) / files:.6f}" if total else None
+
+
+def variables(delivery: Delivery, key: str) -> dict[str, str]:
+    """The environment an ``exec`` hook gets (README: Hooks)."""
+    p = delivery.payload
+    f, result, error = p["file"], p.get("result") or {}, p.get("error") or {}
+    values = {
+        "DIARIST_EVENT": p["event"],
+        "DIARIST_FILE": f["name"],
+        "DIARIST_FILE_ID": str(f["id"]),
+        "DIARIST_INBOX": f["inbox"],
+        "DIARIST_SHA256": f["sha256"] or "",
+        "DIARIST_USER": f["user"] or "",
+        "DIARIST_ROUTE": f["route"] or "",
+        "DIARIST_TASK": f["task"] or "",
+        "DIARIST_COST_USD": p.get("cost_usd") or "",
+        "DIARIST_RESULT_JSON": result.get("json", ""),
+        "DIARIST_RTTM": result.get("rttm", ""),
+        "DIARIST_ERROR_JSON": error.get("error_json") or "",
+        "DIARIST_ERROR": error.get("message") or "",
+        "DIARIST_NOTE": p.get("note") or "",
+        "DIARIST_IDEMPOTENCY_KEY": key,
+        "DIARIST_EVENT_JSON": json.dumps({**p, "idempotency_key": key}),
+    }
+    return values
+
+
+class HookWorker:
+    """Delivers due deliveries one at a time; each attempt is bounded by its hook's ``timeout``."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        hooks: Callable[[], tuple[HookSettings, ...]],
+        *,
+        wall: Callable[[], float],
+        beat: Callable[[], None] = lambda: None,
+    ):
+        self.ledger = ledger
+        self._hooks = hooks
+        self._wall = wall
+        self._beat = beat
+        #: set when deliveries are added (the worker then looks at once instead of at its next poll)
+        self.wake = threading.Event()
+
+    def tick(self) -> int:
+        """Attempt what is due; returns how many attempts were made."""
+        hooks = {h.name: h for h in self._hooks()}
+        made = 0
+        for delivery in self.ledger.due_deliveries(self._wall()):
+            self._beat()
+            self._attempt(delivery, hooks.get(delivery.hook))
+            made += 1
+        return made
+
+    def _attempt(self, delivery: Delivery, hook: HookSettings | None) -> None:
+        key = idempotency_key(delivery.payload["file"]["sha256"], delivery.event, delivery.id)
+        where = {"hook": delivery.hook, "event": delivery.event, "file": delivery.payload["file"]["name"]}
+        if hook is None:
+            self.ledger.delivery_attempted(
+                delivery.id, DeliveryState.GIVEN_UP, error="the hook is no longer configured"
+            )
+            log.error("hook_given_up", **where, error="the hook is no longer configured (removed by a reload?)")
+            return
+        crash_point("hook_deliver")
+        attempt = self._deliver(delivery, hook, key)
+        now = self._wall()
+        if attempt.ok:
+            self.ledger.delivery_attempted(delivery.id, DeliveryState.DELIVERED)
+            log.info(
+                "hook_delivered",
+                **where,
+                attempt=delivery.attempts + 1,
+                detail=attempt.detail,
+                output=attempt.output or None,
+            )
+            return
+        if now - delivery.created_at >= hook.give_up_after:
+            self.ledger.delivery_attempted(delivery.id, DeliveryState.GIVEN_UP, error=attempt.detail)
+            log.error(
+                "hook_given_up",
+                **where,
+                attempts=delivery.attempts + 1,
+                error=attempt.detail,
+                output=attempt.output or None,
+                hint=f"it kept failing for {hook.give_up_after:g} s ([[hook]] give_up_after); fix the hook: "
+                "the event stays listed in diarist status",
+            )
+            return
+        retry = retry_at(delivery.attempts + 1, now)
+        self.ledger.delivery_attempted(delivery.id, DeliveryState.PENDING, error=attempt.detail, next_at=retry)
+        log.warning(
+            "hook_failed",
+            **where,
+            attempt=delivery.attempts + 1,
+            error=attempt.detail,
+            output=attempt.output or None,
+            retry_in=round(retry - now, 1),
+        )
+
+    def _deliver(self, delivery: Delivery, hook: HookSettings, key: str) -> Attempt:
+        if hook.exec is not None:
+            return run_program(hook.exec, variables(delivery, key), hook.timeout)
+        body = json.dumps({**delivery.payload, "idempotency_key": key, "attempt": delivery.attempts + 1}).encode()
+        return post(hook.url or "", body, secret=hook.secret or "", key=key, timeout=hook.timeout, now=self._wall())
+
+    def run(self, stop: threading.Event, poll: float = 1.0) -> None:
+        """The hook thread's loop: due deliveries, then sleep until woken or the next one is due."""
+        while not stop.is_set():
+            self._beat()
+            try:
+                self.tick()
+            except Exception:  # the hook thread must survive whatever one delivery throws
+                log.exception("hook_error")
+            due = self.ledger.next_delivery_at()
+            wait = poll if due is None else min(max(due - self._wall(), 0.05), poll)
+            self.wake.wait(wait)
+            self.wake.clear()
