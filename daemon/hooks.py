@@ -120,7 +120,9 @@ def variables(delivery: Delivery, key: str) -> dict[str, str]:
 
 
 class HookWorker:
-    """Delivers due deliveries one at a time; each attempt is bounded by its hook's ``timeout``."""
+    """Delivers what is due: each hook has at most one attempt in flight, on a thread of its own, so a hook
+    that never answers holds up only its own deliveries (each attempt ends within its ``timeout``). Attempt
+    threads are daemon threads: one cut short by a stop is attempted again at the next start."""
 
     def __init__(
         self,
@@ -134,22 +136,59 @@ class HookWorker:
         self._hooks = hooks
         self._wall = wall
         self._beat = beat
-        #: set when deliveries are added (the worker then looks at once instead of at its next poll)
+        #: set when deliveries are added or an attempt ends (the loop then looks at once)
         self.wake = threading.Event()
+        self._lock = threading.Lock()
+        self._busy: dict[str, threading.Thread] = {}
 
-    def tick(self) -> int:
-        """Attempt what is due; returns how many attempts were made."""
+    def tick(self, wait: bool = False) -> int:
+        """Start an attempt for each hook with a due delivery; returns how many started. ``wait``: until no
+        attempt is in flight and nothing more is due (tests drive the clock this way)."""
+        started = self._start_due()
+        while wait:
+            with self._lock:
+                running = list(self._busy.values())
+            if not running:
+                more = self._start_due()
+                if not more:
+                    break
+                started += more
+                continue
+            for thread in running:
+                thread.join()
+        return started
+
+    def _start_due(self) -> int:
         hooks = {h.name: h for h in self._hooks()}
-        made = 0
-        for delivery in self.ledger.due_deliveries(self._wall()):
-            self._beat()
-            self._attempt(delivery, hooks.get(delivery.hook))
-            made += 1
-        return made
+        started = 0
+        for delivery in self.ledger.due_deliveries(self._wall(), limit=200):
+            with self._lock:
+                if delivery.hook in self._busy:
+                    continue
+                thread = threading.Thread(
+                    target=self._run_one,
+                    args=(delivery, hooks.get(delivery.hook)),
+                    name=f"diarist-hook-{delivery.hook}",
+                    daemon=True,
+                )
+                self._busy[delivery.hook] = thread
+            thread.start()
+            started += 1
+        return started
+
+    def _run_one(self, delivery: Delivery, hook: HookSettings | None) -> None:
+        try:
+            self._attempt(delivery, hook)
+        except Exception:  # one delivery's surprise must not stop the others
+            log.exception("hook_error", hook=delivery.hook)
+        finally:
+            with self._lock:
+                self._busy.pop(delivery.hook, None)
+            self.wake.set()
 
     def _attempt(self, delivery: Delivery, hook: HookSettings | None) -> None:
         key = idempotency_key(delivery.payload["file"]["sha256"], delivery.event, delivery.id)
-        where = {"hook": delivery.hook, "event": delivery.event, "file": delivery.payload["file"]["name"]}
+        where = {"hook": delivery.hook, "on": delivery.event, "file": delivery.payload["file"]["name"]}
         if hook is None:
             self.ledger.delivery_attempted(
                 delivery.id, DeliveryState.GIVEN_UP, error="the hook is no longer configured"
@@ -199,12 +238,12 @@ class HookWorker:
         return post(hook.url or "", body, secret=hook.secret or "", key=key, timeout=hook.timeout, now=self._wall())
 
     def run(self, stop: threading.Event, poll: float = 1.0) -> None:
-        """The hook thread's loop: due deliveries, then sleep until woken or the next one is due."""
+        """The hook loop: start what is due, then sleep until woken or the next one is due."""
         while not stop.is_set():
             self._beat()
             try:
                 self.tick()
-            except Exception:  # the hook thread must survive whatever one delivery throws
+            except Exception:  # the hook loop must survive whatever one pass throws (a busy ledger)
                 log.exception("hook_error")
             due = self.ledger.next_delivery_at()
             wait = poll if due is None else min(max(due - self._wall(), 0.05), poll)

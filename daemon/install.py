@@ -31,6 +31,8 @@ ENV_PATH = Path("/etc/diarist/diarist.env")
 TOKEN_PATH = Path("/etc/diarist/credentials/hf_token")
 #: bearer tokens for the HTTP API ([api] listen), one per line; empty: none (the API then only listens locally)
 API_TOKEN_PATH = Path("/etc/diarist/credentials/api-token")
+#: the key that signs webhooks ([[hook]] url); empty: none
+WEBHOOK_SECRET_PATH = Path("/etc/diarist/credentials/webhook-secret")
 #: the unit's StateDirectory=; the daemon sees it as $STATE_DIRECTORY
 STATE_DIRECTORY = Path("/var/lib/diarist")
 #: what ProtectHome= hides
@@ -209,6 +211,7 @@ def plan_install(
             # LoadCredential= fails the start when the file is missing; empty means "no token"
             PlannedFile(TOKEN_PATH, "", 0o600, keep_existing=True, dir_mode=0o700),
             PlannedFile(API_TOKEN_PATH, "", 0o600, keep_existing=True, dir_mode=0o700),
+            PlannedFile(WEBHOOK_SECRET_PATH, "", 0o600, keep_existing=True, dir_mode=0o700),
         ),
         config=config,
         writable=writable,

@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from diarist.daemon.config import UserSettings
 from diarist.daemon.ledger import ONESHOT_PREFIX, Ledger, State
+from diarist.daemon.ledger_hooks import DeliveryState
 from diarist.policies.budget import BudgetCaps
 
 #: one-shot runs (diarist process/submit) record their files in the same ledger; they are not the daemon's
@@ -75,6 +76,14 @@ class LedgerCollector(Collector):
         yield jobs
 
         yield from self._budget()
+
+        hooks = GaugeMetricFamily(
+            "diarist_hook_deliveries", "Hook deliveries by state (given-up ones need a look)", labels=["state"]
+        )
+        delivered = self.ledger.delivery_counts()
+        for state in DeliveryState:
+            hooks.add_metric([state.value], delivered.get(state.value, 0))
+        yield hooks
 
         ages = GaugeMetricFamily(
             "diarist_heartbeat_age_seconds", "Seconds since each daemon thread last reported", labels=["component"]

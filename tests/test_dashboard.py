@@ -183,6 +183,7 @@ def test_upload_follow_fetch_cancel_and_watch_it_in_a_browser(
         assert samples[("diarist_cloud_jobs_in_flight", ())] == ledger_count(
             db, "select count(*) from jobs where state in ('submitting', 'in-flight')"
         )
+        assert samples[("diarist_hook_deliveries", (("state", "given-up"),))] == 0
         ages = {dict(labels)["component"] for (name, labels) in samples if name == "diarist_heartbeat_age_seconds"}
         assert ages == {"intake", "worker", "cloud", "lease", "hooks"}
         labels = {v for (_, lbls) in samples for _, v in lbls}

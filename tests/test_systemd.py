@@ -220,6 +220,7 @@ class TestInstallService:
             "etc/diarist/diarist.env": 0o640,
             "etc/diarist/credentials/hf_token": 0o600,
             "etc/diarist/credentials/api-token": 0o600,
+            "etc/diarist/credentials/webhook-secret": 0o600,
             "etc/diarist/credentials": 0o700,
             "etc/diarist": 0o755,
             "etc/systemd/system": 0o755,
@@ -248,7 +249,7 @@ class TestInstallService:
         assert env.read_text() == "HF_JOBS_ENABLED=false\n"
         assert (root / "etc/diarist/credentials/hf_token").read_text() == "hf_secret\n"
         assert (root / "etc/diarist/credentials/api-token").read_text() == "api-secret-0123456789\n"
-        assert result.stdout.count("(exists; never overwritten)") == 4
+        assert result.stdout.count("(exists; never overwritten)") == 5
 
         unit = (root / UNIT).read_text()
         folders = [folder for pair in inboxes for folder in pair]
