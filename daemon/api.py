@@ -101,7 +101,9 @@ class ApiContext:
 
     def upload_inbox(self) -> InboxSettings:
         wanted = self.settings.api.inbox
-        return next(i for i in self.settings.inboxes if wanted is None or i.path == wanted)
+        inboxes = self.settings.inboxes
+        # the configured one, unless a reload removed it ([api] itself is read at start)
+        return next((i for i in inboxes if i.path == wanted), inboxes[0])
 
     def usage(self, by: str, since: date | None = None) -> usage.Usage:
         return usage.collect(self.ledger, by=by, tz=self.tz, since=since, caps=self.caps(), now=time.time())

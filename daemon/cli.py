@@ -117,6 +117,9 @@ def _reload(args: argparse.Namespace, daemon: Any, supervisor: Any, log: Any) ->
         except DiaristError as e:
             log.error("reload_refused", error=str(e), hint="fix the configuration and reload again; nothing changed")
             return
+        if not settings.inboxes:
+            log.error("reload_refused", error="the new configuration has no [[inbox]]", hint="nothing changed")
+            return
         plan = daemon.reload(settings)
         log.info("reloaded", **plan.summary())
         if plan.restart_needed:

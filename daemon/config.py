@@ -17,6 +17,7 @@ from decimal import Decimal
 from enum import Enum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from diarist.handlers.engine_settings import BUNDLED_ASR, EngineSettings, TranscriptionSettings, unheard_language
@@ -486,6 +487,19 @@ def _api(table: Any, file: str, base: Path, env: Mapping[str, str]) -> ApiSettin
 WEBHOOK_CREDENTIAL = "diarist-webhook-secret"
 
 
+def _url_problem(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"must be an http:// or https:// URL, got {url!r}"
+    if parts.username or parts.password:
+        return "must not carry a user or password (the log would show them); the signature authenticates"
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return f"has a port that is not a number: {parts.netloc!r}"
+    return None
+
+
 def _hooks(tables: list[Any], file: str, base: Path, env: Mapping[str, str]) -> tuple[HookSettings, ...]:
     hooks = []
     for index, table in enumerate(tables):
@@ -508,8 +522,10 @@ def _hooks(tables: list[Any], file: str, base: Path, env: Mapping[str, str]) -> 
             raise r.fail(
                 "exec", f"the program must be an absolute path (the service's PATH is short), got {command[0]!r}"
             )
-        if url is not None and not re.match(r"https?://[^/\s]+", url):
-            raise r.fail("url", f"must be an http:// or https:// URL, got {url!r}")
+        if url is not None:
+            problem = _url_problem(url)
+            if problem:
+                raise r.fail("url", problem)
         secret = None
         if url is not None:
             secret_file = r.get("secret_file", str)
@@ -539,6 +555,13 @@ def _hooks(tables: list[Any], file: str, base: Path, env: Mapping[str, str]) -> 
                 timeout=r.number("timeout", 30.0, minimum=0.1),
                 give_up_after=r.number("give_up_after", 86400.0, minimum=1.0),
             )
+        )
+    if len(tables) > 1 and any(isinstance(t, dict) and "name" not in t for t in tables):
+        raise ConfigError(
+            "with more than one [[hook]], each needs a name",
+            key="hook",
+            file=file,
+            hint='name = "...": deliveries waiting in the ledger find their hook by it, whatever the order',
         )
     names = [h.name for h in hooks]
     if len(set(names)) != len(names):

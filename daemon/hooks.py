@@ -23,6 +23,9 @@ from diarist.policies.hooks import idempotency_key, retry_at, wants
 
 log = structlog.get_logger("diarist")
 
+#: seconds past an attempt's timeout after which a delivery whose attempt never ended (a crash) is due again
+CLAIM_MARGIN = 60.0
+
 
 def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
@@ -161,13 +164,17 @@ class HookWorker:
     def _start_due(self) -> int:
         hooks = {h.name: h for h in self._hooks()}
         started = 0
-        for delivery in self.ledger.due_deliveries(self._wall(), limit=200):
+        with self._lock:
+            busy = list(self._busy)
+        for delivery in self.ledger.due_deliveries(self._wall(), busy):
+            hook = hooks.get(delivery.hook)
+            # taken in the ledger first: a row read before another attempt ended is not attempted again
+            if not self.ledger.claim_delivery(delivery, self._wall() + (hook.timeout if hook else 0) + CLAIM_MARGIN):
+                continue
             with self._lock:
-                if delivery.hook in self._busy:
-                    continue
                 thread = threading.Thread(
                     target=self._run_one,
-                    args=(delivery, hooks.get(delivery.hook)),
+                    args=(delivery, hook),
                     name=f"diarist-hook-{delivery.hook}",
                     daemon=True,
                 )
@@ -179,7 +186,7 @@ class HookWorker:
     def _run_one(self, delivery: Delivery, hook: HookSettings | None) -> None:
         try:
             self._attempt(delivery, hook)
-        except Exception:  # one delivery's surprise must not stop the others
+        except Exception:  # the ledger was busy: the claim runs out and the delivery is due again
             log.exception("hook_error", hook=delivery.hook)
         finally:
             with self._lock:
@@ -190,16 +197,14 @@ class HookWorker:
         key = idempotency_key(delivery.payload["file"]["sha256"], delivery.event, delivery.id)
         where = {"hook": delivery.hook, "on": delivery.event, "file": delivery.payload["file"]["name"]}
         if hook is None:
-            self.ledger.delivery_attempted(
-                delivery.id, DeliveryState.GIVEN_UP, error="the hook is no longer configured"
-            )
+            self.ledger.delivery_attempted(delivery, DeliveryState.GIVEN_UP, error="the hook is no longer configured")
             log.error("hook_given_up", **where, error="the hook is no longer configured (removed by a reload?)")
             return
         crash_point("hook_deliver")
         attempt = self._deliver(delivery, hook, key)
         now = self._wall()
         if attempt.ok:
-            self.ledger.delivery_attempted(delivery.id, DeliveryState.DELIVERED)
+            self.ledger.delivery_attempted(delivery, DeliveryState.DELIVERED)
             log.info(
                 "hook_delivered",
                 **where,
@@ -209,7 +214,7 @@ class HookWorker:
             )
             return
         if now - delivery.created_at >= hook.give_up_after:
-            self.ledger.delivery_attempted(delivery.id, DeliveryState.GIVEN_UP, error=attempt.detail)
+            self.ledger.delivery_attempted(delivery, DeliveryState.GIVEN_UP, error=attempt.detail)
             log.error(
                 "hook_given_up",
                 **where,
@@ -221,7 +226,7 @@ class HookWorker:
             )
             return
         retry = retry_at(delivery.attempts + 1, now)
-        self.ledger.delivery_attempted(delivery.id, DeliveryState.PENDING, error=attempt.detail, next_at=retry)
+        self.ledger.delivery_attempted(delivery, DeliveryState.PENDING, error=attempt.detail, next_at=retry)
         log.warning(
             "hook_failed",
             **where,
@@ -232,6 +237,12 @@ class HookWorker:
         )
 
     def _deliver(self, delivery: Delivery, hook: HookSettings, key: str) -> Attempt:
+        try:
+            return self._make(delivery, hook, key)
+        except Exception as e:  # whatever a hook does wrong is a failed attempt, retried with backoff
+            return Attempt(False, f"{type(e).__name__}: {str(e)[:200]}")
+
+    def _make(self, delivery: Delivery, hook: HookSettings, key: str) -> Attempt:
         if hook.exec is not None:
             return run_program(hook.exec, variables(delivery, key), hook.timeout)
         body = json.dumps({**delivery.payload, "idempotency_key": key, "attempt": delivery.attempts + 1}).encode()
@@ -239,13 +250,16 @@ class HookWorker:
 
     def run(self, stop: threading.Event, poll: float = 1.0) -> None:
         """The hook loop: start what is due, then sleep until woken or the next one is due."""
+        self.ledger.deliveries_due_now()  # what a previous run had in flight is attempted again at once
         while not stop.is_set():
             self._beat()
             try:
                 self.tick()
             except Exception:  # the hook loop must survive whatever one pass throws (a busy ledger)
                 log.exception("hook_error")
-            due = self.ledger.next_delivery_at()
+            with self._lock:
+                busy = list(self._busy)
+            due = self.ledger.next_delivery_at(busy)
             wait = poll if due is None else min(max(due - self._wall(), 0.05), poll)
             self.wake.wait(wait)
             self.wake.clear()

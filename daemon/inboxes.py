@@ -187,9 +187,12 @@ class Intake:
     def _drain_events(self) -> None:
         while True:
             try:
-                inbox, path = self.events.get_nowait()
+                queued, path = self.events.get_nowait()
             except queue.Empty:
                 return
+            inbox = self._inboxes.get(str(queued.path))  # as configured now (a reload may have changed it)
+            if inbox is None:
+                continue
             rel = path.relative_to(inbox.path).as_posix() if path.is_relative_to(inbox.path) else None
             if rel is None or ignore_reason(rel, inbox.ignore, inbox.ignore_folders) is not None:
                 continue

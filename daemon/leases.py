@@ -77,9 +77,11 @@ class ShareLeases:
     def renew_every(self) -> float:
         return self.lease / RENEWALS_PER_LEASE
 
-    def set_inboxes(self, inboxes: Sequence[InboxSettings]) -> None:
-        """After a reload: a new list, swapped in whole (the lease thread may be walking the old one)."""
-        self._inboxes = list(inboxes)
+    def add_inboxes(self, inboxes: Sequence[InboxSettings]) -> None:
+        """After a reload: inboxes added; none is dropped until the next start (files claimed there before the
+        reload stay leased). A new list, swapped in whole: the lease thread may be walking the old one."""
+        known = {i.path for i in self._inboxes}
+        self._inboxes = [*self._inboxes, *(i for i in inboxes if i.path not in known)]
 
     def renew(self) -> None:
         """Write a new token into every inbox; a share that refuses is logged, the others still get theirs."""

@@ -119,27 +119,61 @@ class DeliveryBook:
             self.insert_deliveries(db, file_id, planned, self.clock())
             return True
 
-    def due_deliveries(self, now: float, limit: int = 20) -> list[Delivery]:
+    def due_deliveries(self, now: float, busy: Sequence[str] = ()) -> list[Delivery]:
+        """The next due delivery of each hook that has no attempt in flight (``busy``): a hook with a long
+        backlog never crowds out the others."""
         rows = self.db.query(
-            "select * from deliveries where state = ? and next_at <= ? order by next_at, id limit ?",
-            [DeliveryState.PENDING.value, now, limit],
+            "select * from (select *, row_number() over (partition by hook order by next_at, id) as nth "
+            f"from deliveries where state = ? and next_at <= ? and hook not in ({', '.join('?' * len(busy))})) "
+            "where nth = 1 order by next_at, id",
+            [DeliveryState.PENDING.value, now, *busy],
         )
         return [Delivery.from_row(r) for r in rows]
 
-    def next_delivery_at(self) -> float | None:
+    def next_delivery_at(self, busy: Sequence[str] = ()) -> float | None:
         row = next(
-            self.db.query("select min(next_at) as t from deliveries where state = ?", [DeliveryState.PENDING.value])
+            self.db.query(
+                "select min(next_at) as t from deliveries where state = ? "
+                f"and hook not in ({', '.join('?' * len(busy))})",
+                [DeliveryState.PENDING.value, *busy],
+            )
         )
         return row["t"]
 
+    def claim_delivery(self, delivery: Delivery, until: float) -> bool:
+        """Take a delivery for one attempt: only if nobody attempted it since it was read (its ``attempts``
+        unchanged) and it is still pending. ``until``: when it is due again should the attempt never end
+        (a crash)."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "update deliveries set next_at = ?, updated_at = ? where id = ? and state = ? and attempts = ?",
+                [until, self.clock(), delivery.id, DeliveryState.PENDING.value, delivery.attempts],
+            )
+            return cursor.rowcount == 1
+
     def delivery_attempted(
-        self, delivery_id: int, state: DeliveryState, *, error: str | None = None, next_at: float | None = None
+        self,
+        delivery: Delivery,
+        state: DeliveryState,
+        *,
+        error: str | None = None,
+        next_at: float | None = None,
     ) -> None:
+        """The outcome of the attempt that ``claim_delivery`` allowed (no other attempt can overwrite it)."""
         with self.transaction() as db:
             db.execute(
                 "update deliveries set state = ?, attempts = attempts + 1, last_error = ?, "
-                "next_at = coalesce(?, next_at), updated_at = ? where id = ?",
-                [state.value, error, next_at, self.clock(), delivery_id],
+                "next_at = coalesce(?, next_at), updated_at = ? where id = ? and attempts = ?",
+                [state.value, error, next_at, self.clock(), delivery.id, delivery.attempts],
+            )
+
+    def deliveries_due_now(self) -> None:
+        """At start: every pending delivery is due (claims of attempts a crash cut short included)."""
+        now = self.clock()
+        with self.transaction() as db:
+            db.execute(
+                "update deliveries set next_at = ? where state = ? and next_at > ?",
+                [now, DeliveryState.PENDING.value, now],
             )
 
     def delivery_counts(self) -> dict[str, int]:

@@ -69,6 +69,9 @@ class PrintedOutcomes:
             self._bar_open = False
         print(text, file=sys.stderr, flush=True)
 
+    def deliveries(self, event: str, row: FileRow, inbox: Any = None, **details: Any) -> list[Any]:
+        return []  # a run in a terminal answers there; hooks are the daemon's
+
     def finish(self, row: FileRow, doc: dict[str, Any]) -> None:
         path = self._path(row)
         paths = OutputPaths.for_input((self._out or path.parent).resolve(), path.name)

@@ -86,6 +86,10 @@ class FileOutcomes(Protocol):
     """How a file's stay ends: what the local worker and the cloud route report to. The daemon's
     ``Outcomes`` writes to the share; ``diarist submit`` without a daemon writes beside the inputs."""
 
+    def deliveries(
+        self, event: str, row: FileRow, inbox: InboxSettings | None = None, **details: Any
+    ) -> list[PlannedDelivery]: ...
+
     def finish(self, row: FileRow, doc: dict[str, Any]) -> None: ...
 
     def fail(self, row: FileRow, error: DiaristError, details: dict[str, Any] | None = None) -> None: ...
@@ -132,9 +136,11 @@ class Outcomes:
         #: set when hook deliveries were added
         self._hooks_wake = hooks_wake or threading.Event()
 
-    def _plan(self, event: str, row: FileRow, **details: Any) -> list[PlannedDelivery]:
-        """The hook deliveries ``event`` owes (recorded with the event itself)."""
-        inbox = self._inboxes.get(row.inbox)
+    def deliveries(
+        self, event: str, row: FileRow, inbox: InboxSettings | None = None, **details: Any
+    ) -> list[PlannedDelivery]:
+        """The hook deliveries ``event`` owes, to be recorded with the event itself (``ledger.transition``)."""
+        inbox = inbox or self._inboxes.get(row.inbox)
         if self._hooks is None or inbox is None:
             return []
         user = question(row.request(), inbox.defaults()).user
@@ -184,7 +190,7 @@ class Outcomes:
             row.id,
             State.DONE,
             detail=json.dumps({"moved_to": moved, "rttm": str(paths.rttm)}),
-            deliveries=self._plan("done", row, doc=doc),
+            deliveries=self.deliveries("done", row, inbox, doc=doc),
         )
         log.info(
             "done",
@@ -219,7 +225,7 @@ class Outcomes:
             log.warning("error_document_not_written", path=str(paths.error), error=str(e))
         problem = {"kind": error.kind, "message": error.message, "hint": error.hint}
         self.ledger.transition(
-            row.id, State.FAILED, error=str(error), deliveries=self._plan("failed", row, error=problem)
+            row.id, State.FAILED, error=str(error), deliveries=self.deliveries("failed", row, inbox, error=problem)
         )
         log.warning("failed", error=str(error), moved_to=str(moved))
 
@@ -249,7 +255,9 @@ class Outcomes:
         atomic_write(OutputPaths.for_stem(inbox.outbox, reserve_stem(inbox.outbox, shown)).error, dumps(doc))
         atomic_write(intake.beside(moved, ".error.json"), dumps(doc))
         file_id = self.ledger.discover(str(inbox.path), shown)
-        self.ledger.transition(file_id, State.FAILED, error=str(error))
+        problem = {"kind": error.kind, "message": error.message, "hint": error.hint}
+        planned = self.deliveries("failed", self.ledger.get(file_id), inbox, error=problem)
+        self.ledger.transition(file_id, State.FAILED, error=str(error), deliveries=planned)
         log.warning("refused", error=str(error), moved_to=printable(str(moved)))
 
     def release(self, row: FileRow, reason: str) -> None:
@@ -291,7 +299,7 @@ class Outcomes:
         path = OutputPaths.for_stem(inbox.outbox, stem_of(row)).status
         self._write_status(path, row.rel_path, state, progress=progress, step=step, note=note, engine=engine)
         if state in ("waiting", "deferred"):  # not state changes of their own: told once per file
-            self.ledger.add_deliveries_once(row.id, state, self._plan(state, row, note=note))
+            self.ledger.add_deliveries_once(row.id, state, self.deliveries(state, row, inbox, note=note))
 
     def _write_status(
         self,

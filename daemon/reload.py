@@ -56,7 +56,11 @@ class Reloads:
     def request(self, settings: Settings, timeout: float = 60.0) -> ReloadPlan:
         done: Future[ReloadPlan] = Future()
         self._pending.put((settings, done))
-        return done.result(timeout)
+        try:
+            return done.result(timeout)
+        except TimeoutError:
+            done.cancel()  # not applied later behind the caller's back (unless it has begun: then it finishes)
+            raise
 
     def apply_pending(self) -> None:
         while True:
@@ -64,6 +68,8 @@ class Reloads:
                 settings, done = self._pending.get_nowait()
             except queue.Empty:
                 return
+            if not done.set_running_or_notify_cancel():
+                continue  # the requester gave up waiting and said so
             try:
                 done.set_result(self._apply(settings))
             except Exception as e:  # the requester logs it; the old configuration stays

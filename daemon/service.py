@@ -252,18 +252,20 @@ class Daemon:
 
     def _apply(self, new: Settings) -> ReloadPlan:
         plan = plan_reload(self.settings, new)
+        for inbox in (*plan.added, *plan.changed):  # what can fail comes first: then nothing has changed yet
+            inbox.path.mkdir(parents=True, exist_ok=True)
+            inbox.outbox.mkdir(parents=True, exist_ok=True)
         for inbox in (*plan.removed, *plan.changed):
             self.watcher.unwatch(inbox.path)
+        for inbox in plan.removed:
             self.intake.forget_inbox(inbox.path)
             self._inboxes.pop(str(inbox.path), None)
         for inbox in (*plan.added, *plan.changed):
-            inbox.path.mkdir(parents=True, exist_ok=True)
-            inbox.outbox.mkdir(parents=True, exist_ok=True)
-            self._inboxes[str(inbox.path)] = inbox
+            self._inboxes[str(inbox.path)] = inbox  # a changed one is replaced in place, never missing
             mode = self.watcher.watch(inbox)
             log.info("inbox", inbox=str(inbox.path), outbox=str(inbox.outbox), polling=mode.polling, reason=mode.reason)
         self.settings = replace(self.settings, inboxes=new.inboxes, hooks=new.hooks)
-        self.leases.set_inboxes(new.inboxes)
+        self.leases.add_inboxes(new.inboxes)  # a removed inbox's files in hand must not look abandoned
         if plan.added or plan.changed:
             self.intake.scan_all()
         self.hook_worker.wake.set()

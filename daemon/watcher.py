@@ -6,6 +6,7 @@ On shares, events are lost or never raised for writes from other hosts, so perio
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,8 +68,11 @@ class _Handler(FileSystemEventHandler):
         path = Path(os.fsdecode(raw))
         if event.is_directory:
             # a folder moved or copied in as a whole raises no event per file inside it
-            if self._inbox.recursive and event.event_type in ("created", "moved"):
-                for file in scan(InboxSettings(path=path, outbox=self._inbox.outbox, recursive=True)):
+            ignored = path.name.startswith(".") or path.name.casefold() in {
+                f.casefold() for f in self._inbox.ignore_folders
+            }
+            if self._inbox.recursive and event.event_type in ("created", "moved") and not ignored:
+                for file in scan(dataclasses.replace(self._inbox, path=path)):
                     self._on_path(self._inbox, file)
             return
         self._on_path(self._inbox, path)

@@ -122,12 +122,16 @@ class LocalRunner:
             return
         claimed = Path(row.claim_path or "")
         if not claimed.is_file():
+            # the end a crash kept from being recorded: recorded now, with the hook deliveries it owes
             if row.result_key:
-                self.ledger.transition(row.id, State.DONE, detail="outputs were written before a restart")
-            else:
+                done = self.out.deliveries("done", row, inbox, doc=self.ledger.result(row.result_key)[1])
                 self.ledger.transition(
-                    row.id, State.FAILED, error="the claimed input vanished from .diarist/processing"
+                    row.id, State.DONE, detail="outputs were written before a restart", deliveries=done
                 )
+            else:
+                error = "the claimed input vanished from .diarist/processing"
+                failed = self.out.deliveries("failed", row, inbox, error={"kind": "bad-input", "message": error})
+                self.ledger.transition(row.id, State.FAILED, error=error, deliveries=failed)
             return
         try:
             doc = self._result_for(row, question(row.request(), inbox.defaults()), claimed)

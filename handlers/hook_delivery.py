@@ -3,7 +3,9 @@ JSON document. Either answers with an ``Attempt``; nothing here raises for a hoo
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -31,24 +33,36 @@ def run_program(argv: Sequence[str], variables: Mapping[str, str], timeout: floa
     env = {k: v for k in INHERITED if (v := os.environ.get(k)) is not None}
     env.update(variables)
     try:
-        proc = subprocess.run(
+        # a session of its own: at the time limit the program and whatever it started are killed together
+        proc = subprocess.Popen(
             list(argv),
             env=env,
             stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=timeout,
-            text=True,
-            errors="replace",
-        )
-    except subprocess.TimeoutExpired as e:
-        out = (e.stdout or b"")[-OUTPUT_LIMIT:]
-        return Attempt(
-            False, f"timed out after {timeout:g} s", out.decode("utf-8", "replace") if isinstance(out, bytes) else out
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     except OSError as e:
         return Attempt(False, f"cannot run {argv[0]}: {e.strerror}")
-    output = (proc.stdout + proc.stderr)[-OUTPUT_LIMIT:]
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return Attempt(False, f"timed out after {timeout:g} s", out.decode("utf-8", "replace")[-OUTPUT_LIMIT:])
+    output = out.decode("utf-8", "replace")[-OUTPUT_LIMIT:]
     return Attempt(proc.returncode == 0, f"exit {proc.returncode}", output)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirected POST would arrive as a GET without its body: a 3xx is a failed attempt, not a delivery."""
+
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
 
 
 def post(url: str, body: bytes, *, secret: str, key: str, timeout: float, now: float | None = None) -> Attempt:
@@ -66,7 +80,7 @@ def post(url: str, body: bytes, *, secret: str, key: str, timeout: float, now: f
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 - the configured URL
+        with _OPENER.open(request, timeout=timeout) as answer:
             text = answer.read(OUTPUT_LIMIT).decode("utf-8", "replace")
             return Attempt(200 <= answer.status < 300, f"HTTP {answer.status}", text)
     except urllib.error.HTTPError as e:

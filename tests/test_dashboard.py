@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SUITE_TOKEN, DaemonProcess, cut, log_events, wait_until
+from conftest import SUITE_TOKEN, cut, log_events, wait_until
 from hub_emulator import HubEmulator
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def ledger_count(db: Path, sql: str) -> int:
 
 
 def test_upload_follow_fetch_cancel_and_watch_it_in_a_browser(
-    tmp_path: Path, sample: tuple[Path, Path], emu: HubEmulator
+    tmp_path: Path, sample: tuple[Path, Path], emu: HubEmulator, daemon_factory: Any
 ) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -100,7 +100,7 @@ def test_upload_follow_fetch_cancel_and_watch_it_in_a_browser(
     )
     emu.add_fault(job="stay_scheduling")  # the cloud job waits on the Hub until it is canceled
     clip = cut(sample[0], tmp_path / "clip.wav", 3, 8)
-    daemon = DaemonProcess(config, tmp_path / "daemon.log", {"HF_TOKEN": SUITE_TOKEN, "HF_ENDPOINT": emu.url})
+    daemon = daemon_factory(config, {"HF_TOKEN": SUITE_TOKEN, "HF_ENDPOINT": emu.url})
     daemon.start()
     try:
         (address,) = [e["address"] for e in log_events(daemon.text()) if e.get("event") == "api_listening"]

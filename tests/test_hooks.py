@@ -30,7 +30,7 @@ from diarist.handlers.errors import ConfigError
 from diarist.handlers.results import OutputPaths
 from diarist.policies.hooks import BACKOFF_CAP, idempotency_key, retry_at, sign, wants
 
-from conftest import DaemonProcess, cut, log_events, wait_until
+from conftest import cut, log_events, wait_until
 
 SECRET = "webhook-test-secret-8c1f2e9a"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -145,12 +145,22 @@ def test_keys_are_per_delivery_and_the_signature_covers_the_timestamp() -> None:
         ({"url": "ftp://x"}, "http:// or https://"),
         ({"url": "https://x.example"}, "signed"),
         ({"exec": ["/bin/true"], "on": ["finished"]}, "events are done, failed, deferred, waiting"),
+        ({"url": "https://user:pw@x.example", "secret_file": "/dev/null"}, "must not carry a user or password"),
+        ({"url": "http://x.example:abc/", "secret_file": "/dev/null"}, "port that is not a number"),
     ],
 )
 def test_bad_hooks_are_config_errors_that_say_what_to_write(tmp_path: Path, table: dict, says: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(says)) as e:
         parse_settings({"daemon": {"ledger": str(tmp_path / "l.db")}, "hook": [table]}, env={})
     assert "hook[0]" in str(e.value)
+
+
+def test_several_hooks_need_names(tmp_path: Path) -> None:
+    """Pending deliveries find their hook by name: with two hooks, a name that follows the order would send them
+    elsewhere after a reordering."""
+    hooks = [{"exec": ["/bin/true"]}, {"exec": ["/bin/false"], "name": "b"}]
+    with pytest.raises(ConfigError, match="each needs a name"):
+        parse_settings({"daemon": {"ledger": str(tmp_path / "l.db")}, "hook": hooks}, env={})
 
 
 def test_the_secret_comes_from_a_file_or_the_credential_and_is_never_shown(tmp_path: Path) -> None:
@@ -290,6 +300,75 @@ def test_an_exec_hook_gets_the_documented_variables_and_its_failure_is_not_fatal
     assert not [k for k in env if "TOKEN" in k or k.startswith("HF_")], "the daemon's secrets stay with it"
 
 
+def test_redirects_and_garbage_answers_are_failed_attempts_with_backoff(tmp_path: Path) -> None:
+    """A redirected POST would reach its target as a GET without the event: not a delivery. A server that
+    answers something that is not HTTP is a failed attempt too, retried after the backoff, never in a loop."""
+    import socket
+
+    class Redirect(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(302)
+            self.send_header("Location", "/elsewhere")
+            self.end_headers()
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    redirecting = ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=redirecting.serve_forever, daemon=True).start()
+    garbage = socket.socket()
+    garbage.bind(("127.0.0.1", 0))
+    garbage.listen()
+
+    def babble() -> None:
+        while True:
+            try:
+                conn, _ = garbage.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.2\r\n")
+            conn.close()
+
+    threading.Thread(target=babble, daemon=True).start()
+    try:
+        ledger, planner, worker, wall, settings = setting_up(
+            tmp_path,
+            [
+                {"name": "moved", "url": f"http://127.0.0.1:{redirecting.server_address[1]}/hook"},
+                {"name": "babble", "url": f"http://127.0.0.1:{garbage.getsockname()[1]}/hook"},
+            ],
+        )
+        finish(ledger, planner, settings, "a.wav")
+        assert worker.tick(wait=True) == 2
+        assert worker.tick(wait=True) == 0, "both wait for their backoff"
+        errors = {d.hook: d.last_error for d in ledger.deliveries()}
+        assert errors["moved"] == "HTTP 302" and "BadStatusLine" in (errors["babble"] or ""), errors
+        assert ledger.delivery_counts() == {"pending": 2}
+    finally:
+        redirecting.shutdown()
+        garbage.close()
+
+
+def test_a_delivery_read_before_its_attempt_ended_is_not_attempted_again(tmp_path: Path, receiver: Receiver) -> None:
+    """The loop may hold a row it read before another attempt finished: the ledger refuses to hand it out
+    twice, and a late outcome never overwrites a newer one."""
+    receiver.fail_first = 0
+    ledger, planner, worker, wall, settings = setting_up(tmp_path, [{"url": receiver.url}])
+    finish(ledger, planner, settings, "a.wav")
+    (stale,) = ledger.due_deliveries(wall())
+    worker.tick(wait=True)
+    assert ledger.delivery_counts() == {"delivered": 1}
+    assert not ledger.claim_delivery(stale, wall() + 60)
+    ledger.delivery_attempted(stale, DeliveryState.PENDING, error="late")
+    assert ledger.delivery_counts() == {"delivered": 1} and len(receiver.dedup) == 1
+
+
 def test_a_hook_that_never_answers_times_out(tmp_path: Path) -> None:
     silent = Receiver(hang=True)
     try:
@@ -309,7 +388,7 @@ def test_a_hook_that_never_answers_times_out(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_every_end_is_delivered_once_across_a_sigkill_and_a_silent_hook_delays_nothing(
-    tmp_path: Path, sample: tuple[Path, Path], receiver: Receiver
+    tmp_path: Path, sample: tuple[Path, Path], receiver: Receiver, daemon_factory: Any
 ) -> None:
     """A real ``diarist run`` with two hooks: a webhook that refuses each delivery twice, and one that never
     answers. The daemon kills itself (SIGKILL) as it is about to make its first delivery, after the file's
@@ -328,15 +407,17 @@ def test_every_end_is_delivered_once_across_a_sigkill_and_a_silent_hook_delays_n
     )
     clip = cut(sample[0], tmp_path / "talk.wav", 3, 6)
     try:
-        first = DaemonProcess(config, tmp_path / "first.log", {"DIARIST_CRASH_AT": "hook_deliver"}).start()
+        first = daemon_factory(config, {"DIARIST_CRASH_AT": "hook_deliver"}).start()
         (inbox / "talk.wav").write_bytes(clip.read_bytes())
         assert first.proc is not None and first.proc.wait(300) == -signal.SIGKILL
         assert (outbox / "talk.json").exists() and receiver.dedup == {}, "recorded, then killed before delivering"
 
-        log = tmp_path / "second.log"
+        log = tmp_path / "daemon-1.log"  # where daemon_factory's second daemon writes
         log.touch()
         journal = {"JOURNAL_STREAM": f"{log.stat().st_dev}:{log.stat().st_ino}"}  # as systemd sets it
-        second = DaemonProcess(config, log, journal).start()
+        second = daemon_factory(config, journal)
+        assert second.log == log
+        second.start()
         (inbox / "bad.wav").write_text("not a recording\n" * 100)
         (inbox / "again.wav").write_bytes(clip.read_bytes()[:-2000])  # another file, processed while hooks wait
         wait_until(lambda: (outbox / "again.json").exists() and (outbox / "bad.error.json").exists(), 300, "results")

@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_notify import Listener
@@ -30,7 +31,7 @@ def events(daemon: DaemonProcess, name: str) -> list[dict]:
 
 
 def test_sighup_adds_an_inbox_mid_file_and_a_broken_config_keeps_the_old_one(
-    tmp_path: Path, sample: tuple[Path, Path]
+    tmp_path: Path, sample: tuple[Path, Path], daemon_factory: Any
 ) -> None:
     state = tmp_path / "state"
     first = (tmp_path / "in1", tmp_path / "out1")
@@ -42,7 +43,7 @@ def test_sighup_adds_an_inbox_mid_file_and_a_broken_config_keeps_the_old_one(
     listener = Listener(f"@diarist-reload-{uuid.uuid4().hex}")
     clip = cut(sample[0], tmp_path / "clip.wav", 3, 6)
     env = {"DIARIST_HOLD_AT": f"inference:{hold}", "NOTIFY_SOCKET": listener.address}
-    daemon = DaemonProcess(config, tmp_path / "daemon.log", env)
+    daemon = daemon_factory(config, env)
     try:
         daemon.start()
         (first[0] / "long.wav").write_bytes(sample[0].read_bytes())
@@ -84,6 +85,16 @@ def test_sighup_adds_an_inbox_mid_file_and_a_broken_config_keeps_the_old_one(
         hold.unlink()  # long.wav goes on: it was never let go
         for outbox, name in ((first[1], "long"), (second[1], "new"), (second[1], "newer")):
             wait_until(lambda o=outbox, n=name: (o / f"{n}.json").exists(), 300, f"{name}.json")
+
+        # 4. the second inbox removed: what lands there now is not taken
+        config.write_text(config_text(state, [first]))
+        daemon.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(events(daemon, "reloaded")) >= 3, 30, "the removal")
+        assert events(daemon, "reloaded")[-1]["removed"] == [str(second[0])]
+        (second[0] / "late.wav").write_bytes(clip.read_bytes())
+        (first[0] / "still.wav").write_bytes(clip.read_bytes()[:-8000])  # not a copy: no reuse
+        wait_until(lambda: (first[1] / "still.json").exists(), 300, "still.json from the inbox that stayed")
+        assert not (second[1] / "late.status.json").exists() and (second[0] / "late.wav").exists()
         assert daemon.stop() == 0
     finally:
         listener.close()
@@ -91,5 +102,5 @@ def test_sighup_adds_an_inbox_mid_file_and_a_broken_config_keeps_the_old_one(
     conn = sqlite3.connect(state / "ledger.db")
     runs = dict(conn.execute("select rel_path, inference_runs from files").fetchall())
     conn.close()
-    assert runs == {"long.wav": 1, "new.wav": 1, "newer.wav": 1}, runs
+    assert runs == {"long.wav": 1, "new.wav": 1, "newer.wav": 1, "still.wav": 1}, runs
     assert len(json.loads((first[1] / "long.json").read_text())["speakers"]) == 2
