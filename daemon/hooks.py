@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 import structlog
@@ -18,17 +17,13 @@ from diarist.daemon.ledger import FileRow, Ledger
 from diarist.daemon.ledger_hooks import Delivery, DeliveryState, PlannedDelivery
 from diarist.handlers.crashpoints import crash_point
 from diarist.handlers.hook_delivery import Attempt, post, run_program
-from diarist.handlers.results import OutputPaths
+from diarist.handlers.results import OutputPaths, iso
 from diarist.policies.hooks import idempotency_key, retry_at, wants
 
 log = structlog.get_logger("diarist")
 
 #: seconds past an attempt's timeout after which a delivery whose attempt never ended (a crash) is due again
 CLAIM_MARGIN = 60.0
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 class HookPlanner:
@@ -62,7 +57,7 @@ class HookPlanner:
             return []
         payload = {
             "event": event,
-            "at": _iso(self._wall()),
+            "at": iso(self._wall()),
             "host": self._host,
             "file": {
                 "id": row.id,

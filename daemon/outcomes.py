@@ -10,7 +10,6 @@ import json
 import os
 import threading
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,6 +32,7 @@ from diarist.handlers.results import (
     atomic_write,
     dumps,
     error_document,
+    iso,
     remove_quietly,
     status_document,
     write_result,
@@ -42,10 +42,6 @@ from diarist.policies.request import question
 from diarist.policies.sidecar import SIDECAR_SUFFIX
 
 log = structlog.get_logger("diarist")
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def signature(path: Path) -> str:

@@ -13,6 +13,7 @@ import re
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,11 @@ class OutputPaths:
             status=stem.with_name(stem.name + ".status.json"),
             error=stem.with_name(stem.name + ".error.json"),
         )
+
+
+def iso(ts: float) -> str:
+    """A wall-clock time as the documents and events write it (UTC, whole seconds)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
 
 
 def dumps(doc: dict[str, Any]) -> bytes:
