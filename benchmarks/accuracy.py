@@ -121,12 +121,19 @@ def score(ref: Any, segments: Any) -> dict[str, Any]:
 
 
 class Memo:
-    """Remembers a pipeline's segmentation and embeddings per file (uri), so that a second run of the same
-    file with another speaker count redoes only the clustering."""
+    """Remembers an engine's segmentation and embeddings per file, so that a second run of the same file with
+    another speaker count redoes only the clustering: pyannote's pipeline (stock) by uri, diarist's
+    ``Diarizer`` by the samples."""
 
     def __init__(self, pipeline: Any):
-        self.seg: dict[str, Any] = {}
-        self.emb: dict[str, Any] = {}
+        self.seg: dict[Any, Any] = {}
+        self.emb: dict[Any, Any] = {}
+        if hasattr(pipeline, "get_segmentations"):
+            self._pyannote(pipeline)
+        else:
+            self._diarizer(pipeline)
+
+    def _pyannote(self, pipeline: Any) -> None:
         get_seg, get_emb = pipeline.get_segmentations, pipeline.get_embeddings
 
         def segmentations(file: Any, hook: Any = None) -> Any:
@@ -141,6 +148,28 @@ class Memo:
             return self.emb[file["uri"]].copy()
 
         pipeline.get_segmentations, pipeline.get_embeddings = segmentations, embeddings
+
+    def _diarizer(self, diarizer: Any) -> None:
+        import hashlib
+
+        get_seg, get_emb = diarizer.segment, diarizer.embed
+
+        def key(waveform: Any) -> str:
+            return hashlib.sha1(waveform.tobytes()).hexdigest()
+
+        def segment(waveform: Any, hook: Any = None) -> Any:
+            k = key(waveform)
+            if k not in self.seg:
+                self.seg[k] = get_seg(waveform, hook)
+            return self.seg[k]
+
+        def embed(waveform: Any, seg: Any, hook: Any = None) -> Any:
+            k = key(waveform)
+            if k not in self.emb:
+                self.emb[k] = get_emb(waveform, seg, hook)
+            return self.emb[k].copy()
+
+        diarizer.segment, diarizer.embed = segment, embed
 
 
 def run_engine(kind: str, items: list[Item], device: str) -> list[dict[str, Any]]:

@@ -2,14 +2,18 @@
 
     .venv/bin/python benchmarks/run.py [--inputs sample,conv30,long4h] [--file AUDIO[:REF.rttm] ...]
                                        [--stock-max-minutes 40] [--device auto] [--no-daemon]
+                                       [--oneshot sample,conv5]
 
 Inputs (generated once into benchmarks/.cache/ with tests/audiogen.py, espeak-ng voices, exact references):
   sample   pyannote's own 30 s recording of two real speakers, with its reference
+  conv5    a 5-minute conversation of 3 speakers (the length most recordings people drop have)
   conv30   a 30-minute conversation of 4 speakers
   long4h   a 4-hour recording of 4 speakers (for memory; stock is skipped where it would exceed
            --stock-max-minutes, estimated from its speed on the inputs before)
 Each (engine, input) runs in its own process (benchmarks/measure.py) so its peak RSS is its own; wall time
-is decoding + inference with the models loaded. Prints Markdown tables (paste into the README).
+is decoding + inference with the models loaded. The --oneshot inputs are then also run the way a user runs
+them, `diarist process` in a fresh process (stock: the same with `[models] fast = false`), start-up included.
+Prints Markdown tables (paste into the README).
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = ROOT / "benchmarks" / ".cache"
 PY = sys.executable
-GENERATED = {"conv30": (4, 1800, 3), "long4h": (4, 4 * 3600, 5)}
+GENERATED = {"conv5": (3, 300, 7), "conv30": (4, 1800, 3), "long4h": (4, 4 * 3600, 5)}
+DIARIST = Path(sys.executable).parent / "diarist"
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,71 @@ def measure(engine: str, item: Input, device: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def oneshot(engine: str, item: Input, device: str) -> dict:
+    """``diarist process`` on the file in a fresh process, as a user runs it: Python's start, imports, model
+    loading, decoding, inference and writing the result, all counted. "stock" is the same command with
+    ``[models] fast = false`` (pyannote's own pipeline, same weights)."""
+    from measure import der
+
+    work = Path(tempfile.mkdtemp(prefix="diarist-bench-"))
+    try:
+        config = work / "diarist.toml"
+        config.write_text(f'[models]\ndevice = "{device}"\nfast = {"true" if engine == "diarist" else "false"}\n')
+        cmd = [str(DIARIST), "--config", str(config), "process", "--out", str(work), str(item.audio)]
+        print(f"running one-shot {engine} on {item.name} ...", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        with open(work / "stderr", "wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=work)
+            _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            raise SystemExit(
+                f"benchmarks: one-shot {engine} on {item.name} failed:\n{(work / 'stderr').read_text()[-3000:]}"
+            )
+        turns = [
+            Turn(float(f[3]), float(f[3]) + float(f[4]), f[7]) for f in rttm_fields(work / f"{item.audio.stem}.rttm")
+        ]
+        doc = json.loads((work / f"{item.audio.stem}.json").read_text())
+        return {
+            "engine": engine,
+            "duration": doc["source"]["duration"],
+            "wall": wall,
+            "speakers": len({t.speaker for t in turns}),
+            "der": der(item.rttm, tuple(turns)) if item.rttm else None,
+            "peak_rss_mb": usage.ru_maxrss / 1024,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class Turn:
+    start: float
+    end: float
+    speaker: str
+
+
+def rttm_fields(path: Path) -> list[list[str]]:
+    return [line.split() for line in path.read_text().splitlines() if line.startswith("SPEAKER")]
+
+
+def oneshot_table(rows: list[tuple[Input, dict, dict]]) -> str:
+    lines = [
+        "| input | audio | engine | speakers found/true | wall s (one-shot) | RTF | DER | peak RSS MB | speed-up |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for item, stock, fast in rows:
+        for r in (stock, fast):
+            ratio = f"{stock['wall'] / fast['wall']:.1f}×" if r is fast else ""
+            lines.append(
+                f"| {item.name} | {r['duration'] / 60:.1f} min | {r['engine']} | "
+                f"{r['speakers']}/{item.true_speakers or '?'} | {r['wall']:.1f} | {r['wall'] / r['duration']:.3f} | "
+                f"{fmt(r['der'], '.3f')} | {r['peak_rss_mb']:.0f} | {ratio} |"
+            )
+    return "\n".join(lines)
+
+
 def fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
@@ -102,7 +174,10 @@ def engine_table(rows: list[tuple[Input, dict | None, dict | None]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--inputs", default="sample,conv30,long4h")
+    parser.add_argument("--inputs", default="sample,conv5,conv30,long4h")
+    parser.add_argument(
+        "--oneshot", default="sample,conv5", help="inputs also run as one-shot `diarist process` (cold start)"
+    )
     parser.add_argument("--file", action="append", default=[], help="AUDIO or AUDIO:REFERENCE.rttm")
     parser.add_argument("--stock-max-minutes", type=float, default=40.0)
     parser.add_argument("--device", default="auto")
@@ -126,9 +201,18 @@ def main(argv: list[str] | None = None) -> int:
             stock_rtf = max(stock_rtf or 0.0, stock["wall"] / stock["duration"])
         rows.append((item, stock, fast))
 
+    cold = []
+    wanted = set(filter(None, args.oneshot.split(",")))
+    for item in items:
+        if item.name in wanted:
+            cold.append((item, oneshot("stock", item, args.device), oneshot("diarist", item, args.device)))
+
     device = rows[0][2]["device"] if rows else "?"
-    print(f"\n### Engines ({machine()}, device {device})\n")
+    print(f"\n### Engines, models loaded ({machine()}, device {device})\n")
     print(engine_table(rows))
+    if cold:
+        print("\n### One-shot `diarist process`, start-up included (model cache filled by the set-up)\n")
+        print(oneshot_table(cold))
     if not args.no_daemon:
         from daemon_bench import daemon_table
 

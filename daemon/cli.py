@@ -253,6 +253,24 @@ def _cloud_check(settings: cfg.Settings) -> tuple[bool, str, str]:
     )
 
 
+def cmd_prepare_models(args: argparse.Namespace) -> int:
+    """Load the configured models once, so that the next start is quick: the bundled ones are exported for
+    ONNX Runtime into the model cache (the set-up runs this; a first start does it too)."""
+    from diarist.handlers.bundled_models import cache_root
+    from diarist.handlers.engine import LocalEngine
+
+    settings = _settings(args)
+    engine = LocalEngine.from_settings(settings.models.engine(), token=settings.hf_token, telemetry=False)
+    try:
+        engine.load()
+    except ModelError as e:
+        print(f"diarist: {e}", file=sys.stderr)
+        return 2
+    where = f" (cache: {cache_root()})" if settings.models.pipeline == cfg.BUNDLED_PIPELINE else ""
+    print(f"models ready on {engine.info.device} in {engine.load_seconds:.1f} s{where}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from diarist.daemon.watcher import watch_mode
 
@@ -500,6 +518,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--limit", type=int, default=20)
     status.add_argument("--json", action="store_true")
     status.set_defaults(func=cmd_status)
+
+    prepare = sub.add_parser("prepare-models", help="load the models once (the bundled ones into the model cache)")
+    common(prepare)
+    prepare.set_defaults(func=cmd_prepare_models)
 
     doctor = sub.add_parser("doctor", help="check ffmpeg, models, token, folders and watch modes")
     common(doctor)

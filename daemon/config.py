@@ -96,7 +96,8 @@ class ModelSettings:
     clustering_threshold: float | None = None
     segmentation_batch_size: int = 32
     embedding_batch_size: int = 32
-    #: the bundled pipeline's faster embedding step (handlers/fast_pipeline.py); false: pyannote's own
+    #: diarist's own pipeline for the bundled models (handlers/diarize.py, ONNX Runtime on a CPU); false:
+    #: pyannote's own ``SpeakerDiarization`` with the same weights (slower; the benchmarks' baseline)
     fast: bool = True
 
     def engine(self) -> EngineSettings:

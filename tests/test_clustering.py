@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pyannote.core import SlidingWindow, SlidingWindowFeature
 
 from diarist.handlers.clustering import (
     DISTINCT_MIN_SIZE,
@@ -24,9 +23,7 @@ DIM = 32
 
 
 def clustering(threshold: float = 0.55, min_cluster_size: int = 1) -> CannotLinkClustering:
-    c = CannotLinkClustering()
-    c.instantiate({"threshold": threshold, "method": "centroid", "min_cluster_size": min_cluster_size})
-    return c
+    return CannotLinkClustering(threshold=threshold, min_cluster_size=min_cluster_size)
 
 
 def voice_pair(distance: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -149,7 +146,7 @@ def test_whole_call_honours_counts_and_assigns_one_cluster_per_local_speaker():
     seg = np.zeros((chunks, 100, 3), dtype=np.float32)
     seg[:, :50, 0] = 1.0
     seg[:, 50:, 1] = 1.0
-    segmentations = SlidingWindowFeature(seg, SlidingWindow(duration=10.0, step=1.0))
+    segmentations = seg
     hard, soft, centroids = clustering()(emb, segmentations)
     assert centroids.shape == (2, DIM) and soft.shape == (chunks, 3, 2)
     assert np.all(hard[:, 0] != hard[:, 1]) and len(set(hard[:, 0])) == 1
@@ -165,5 +162,5 @@ def test_too_few_embeddings(n):
     if n:
         emb[0, 0] = unit(np.ones(DIM))
         seg[0, :, 0] = 1.0
-    hard, _, centroids = clustering()(emb, SlidingWindowFeature(seg, SlidingWindow(duration=10.0, step=1.0)))
+    hard, _, centroids = clustering()(emb, seg)
     assert hard.shape == (3, 3) and len(centroids) == 1
