@@ -94,7 +94,9 @@ class ModelSettings:
     device: str = "auto"
     #: clustering distance threshold for the bundled pipeline (None: the tuned default)
     clustering_threshold: float | None = None
-    segmentation_batch_size: int = 32
+    #: None: the engine's choice (8 chunks in ONNX Runtime on a CPU, where larger batches only cost memory; 32
+    #: on a GPU and in pyannote's own pipeline)
+    segmentation_batch_size: int | None = None
     embedding_batch_size: int = 32
     #: diarist's own pipeline for the bundled models (handlers/diarize.py, ONNX Runtime on a CPU); false:
     #: pyannote's own ``SpeakerDiarization`` with the same weights (slower; the benchmarks' baseline)
@@ -756,11 +758,13 @@ def parse_settings(
     pipeline = _model_source(m, "pipeline", BUNDLED_PIPELINE, base)
     device = _device(m)
     threshold = m.get("clustering_threshold", (int, float))
+    # unset: the engine picks the batch that suits its runtime
+    seg_batch = _whole(m, "segmentation_batch_size", 0, 1) if "segmentation_batch_size" in m.table else None
     models = ModelSettings(
         pipeline=pipeline,
         device=device,
         clustering_threshold=float(threshold) if threshold is not None else None,
-        segmentation_batch_size=int(m.number("segmentation_batch_size", 32, minimum=1)),
+        segmentation_batch_size=seg_batch,
         embedding_batch_size=int(m.number("embedding_batch_size", 32, minimum=1)),
         fast=m.get("fast", bool, True),
     )

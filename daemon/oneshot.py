@@ -29,7 +29,7 @@ from diarist.handlers.asr import Transcribers
 from diarist.handlers.engine import LOCAL_BACKEND, LocalEngine
 from diarist.handlers.errors import DiaristError, ModelError
 from diarist.handlers.intake import sha256_of
-from diarist.handlers.results import OutputPaths, write_result
+from diarist.handlers.results import OutputPaths, foreign_outputs, write_result
 from diarist.policies.route import RouteSetting
 from diarist.policies.sidecar import FileRequest
 
@@ -225,12 +225,24 @@ def run_files(
         local_gpu=lambda: loaded[0].has_gpu if loaded else _gpu_here(settings.models.device),
         wall=wall,
     )
-    missing = [p for p in files if not p.is_file()]
-    for path in missing:
+    refused = [p for p in files if not p.is_file()]
+    for path in refused:
         print(f"diarist: {path}: no such file", file=sys.stderr)
+    for path in [p for p in files if p not in refused]:
+        foreign = foreign_outputs(
+            OutputPaths.for_input((out or path.parent).resolve(), path.name), asked.request.formats or ()
+        )
+        if foreign:
+            refused.append(path)
+            print(
+                f"diarist: {path}: not processed: {', '.join(str(f) for f in foreign)} already "
+                "exist and diarist did not write them (no diarist result beside them); pass --out DIR to "
+                "write the results elsewhere, or move those files away",
+                file=sys.stderr,
+            )
     started = wall()
     ledger.heartbeat(key, os.getpid(), started)  # a daemon (or another run) reaps the jobs of runs gone silent
-    rows = [_record(ledger, key, path, asked) for path in files if path not in missing]
+    rows = [_record(ledger, key, path, asked) for path in files if path not in refused]
     watch = _CloudWatch(cloud, outcomes, wall)
     try:
         with _sigterm_as_interrupt():
@@ -258,7 +270,7 @@ def run_files(
             if row.inbox == key:
                 ledger.transition(row.id, State.FAILED, error="the run ended before this file was finished")
     done = all(ledger.get(r.id).state is State.DONE for r in rows)
-    return EXIT_OK if done and not missing else EXIT_FAILED
+    return EXIT_OK if done and not refused else EXIT_FAILED
 
 
 def _submitted(ledger: Ledger, key: str) -> bool:

@@ -48,6 +48,7 @@ Hook = Callable[[str, int, int], None]
 class Models(Protocol):
     facts: ModelFacts
     device: str
+    segmentation_batch: int  # chunks per segmentation run that suit this runtime
 
     def segment(self, chunks: np.ndarray) -> np.ndarray: ...
     def features(self, audio: np.ndarray) -> np.ndarray: ...
@@ -213,14 +214,14 @@ class Diarizer:
         models: Models,
         *,
         threshold: float,
-        segmentation_batch: int = 32,
+        segmentation_batch: int | None = None,
         embedding_batch: int = 32,
         feature_batch: int = 2,
     ):
         self.models = models
         self.facts = models.facts
         self.clustering = CannotLinkClustering(threshold=threshold, min_cluster_size=MIN_CLUSTER_SIZE)
-        self._seg_batch = segmentation_batch
+        self._seg_batch = segmentation_batch or models.segmentation_batch
         self._emb_batch = embedding_batch
         self._feature_batch = feature_batch
         self._silence: np.ndarray | None = None

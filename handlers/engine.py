@@ -34,6 +34,8 @@ LOCAL_BACKEND = "pyannote-local"
 BUNDLED_SEGMENTATION = "pyannote_segmentation_3.0/pytorch_model.bin"
 BUNDLED_EMBEDDING = "speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
 #: the bundled models' names in results (the last one made the centroids)
+#: pyannote's own pipeline's default segmentation batch (``[models] fast = false``)
+STOCK_SEGMENTATION_BATCH = 32
 BUNDLED_MODELS = ("pyannote/segmentation-3.0", "3D-Speaker/campplus_cn_en_common")
 
 Progress = Callable[[str, float], None]
@@ -170,7 +172,7 @@ class LocalEngine:
         pipeline: str = "bundled",
         device: str = "auto",
         clustering_threshold: float | None = None,
-        segmentation_batch_size: int = 32,
+        segmentation_batch_size: int | None = None,
         embedding_batch_size: int = 32,
         token: str | None = None,
         telemetry: bool = False,
@@ -270,7 +272,7 @@ class LocalEngine:
             embedding=embedding,
             plda=_NoPLDA(),
             clustering="AgglomerativeClustering",
-            segmentation_batch_size=self._seg_batch,
+            segmentation_batch_size=self._seg_batch or STOCK_SEGMENTATION_BATCH,
             embedding_batch_size=self._emb_batch,
         )
         pipeline.instantiate(

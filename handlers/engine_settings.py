@@ -27,7 +27,7 @@ class EngineSettings(_Portable):
     pipeline: str = "bundled"
     device: str = "auto"
     clustering_threshold: float | None = None
-    segmentation_batch_size: int = 32
+    segmentation_batch_size: int | None = None  # None: the engine's choice for its runtime
     embedding_batch_size: int = 32
     fast: bool = True
 

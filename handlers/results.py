@@ -221,6 +221,18 @@ def read_centroids(doc: dict[str, Any]) -> dict[str, Any]:
     return {k: text_vector(v) for k, v in block["speakers"].items()}
 
 
+def foreign_outputs(paths: OutputPaths, formats: Iterable[str] = ()) -> list[Path]:
+    """Outputs at ``paths`` that exist although no diarist result lies there: writing would destroy files a
+    person (or another tool) made, such as a reference ``.rttm`` beside a recording."""
+    try:
+        read_result(paths.json)
+        return []  # diarist's own earlier result: running again replaces it
+    except (OSError, ValueError):
+        pass
+    wanted = [paths.rttm, paths.json, *(paths.export(f) for f in formats)]
+    return [p for p in wanted if p.exists()]
+
+
 def read_result(path: Path) -> dict[str, Any]:
     """A result JSON file, checked (``ValueError`` names what is wrong; ``OSError`` when unreadable)."""
     try:

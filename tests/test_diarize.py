@@ -218,6 +218,7 @@ class TestEmbeddings:
         class Counting:
             facts = p.models.facts
             device = "cpu"
+            segmentation_batch = 32
 
             def segment(self, chunks):
                 seg_calls.append(len(chunks))

@@ -219,3 +219,38 @@ def test_the_job_of_a_killed_submit_run_is_cancelled_and_settled(
     (row,) = ledger.recent()
     assert row["state"] == State.FAILED.value and "ended before" in row["error"]
     assert not staged_leftovers(emu)
+
+
+def test_a_run_never_overwrites_files_that_diarist_did_not_write(
+    tmp_path: Path, clip: Path, engine: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Results go beside the input by default, where a person's reference ``talk.rttm`` may already lie (pyannote's
+    own sample has one): the run refuses that file, says how to go on, and overwrites nothing."""
+    talk = tmp_path / "talk.wav"
+    talk.write_bytes(clip.read_bytes())
+    reference = tmp_path / "talk.rttm"
+    reference.write_text("SPEAKER talk 1 0.000 1.000 <NA> <NA> someone <NA> <NA>\n")
+    settings = parse_settings({"daemon": {"ledger": str(tmp_path / "unused.db")}}, env={})
+
+    def process(n: int, out: Path | None) -> int:
+        asked = RunRequest(FileRequest(), local_reason="test")
+        ledger = Ledger(tmp_path / f"run{n}.db")
+        return run_files(settings, [talk], asked, ledger=ledger, out=out, engine=lambda: engine)
+
+    assert process(1, None) == 1
+    err = capsys.readouterr().err
+    assert str(reference) in err and "--out DIR" in err
+    assert reference.read_text() == "SPEAKER talk 1 0.000 1.000 <NA> <NA> someone <NA> <NA>\n"
+    assert not (tmp_path / "talk.json").exists()
+
+    assert process(2, tmp_path / "elsewhere") == 0  # --out: the results go there, the reference stays
+    assert validate_result(json.loads((tmp_path / "elsewhere" / "talk.json").read_text()))
+    assert reference.read_text().endswith("someone <NA> <NA>\n")
+
+    reference.unlink()
+    assert process(3, None) == 0
+    earlier = json.loads((tmp_path / "talk.json").read_text())
+    (tmp_path / "talk.json").write_text(json.dumps({**earlier, "marked": True}))
+    assert process(4, None) == 0  # diarist's own result beside the input: running again replaces it
+    assert "marked" not in json.loads((tmp_path / "talk.json").read_text())
+    assert "someone" not in (tmp_path / "talk.rttm").read_text()
