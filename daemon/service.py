@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -23,7 +23,7 @@ from apscheduler.jobstores.memory import MemoryJobStore
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from diarist.daemon.cloud import CloudRoute
-from diarist.daemon.config import Settings
+from diarist.daemon.config import InboxSettings, Settings
 from diarist.daemon.hooks import HookPlanner, HookWorker
 from diarist.daemon.inboxes import Intake
 from diarist.daemon.leases import ShareLeases
@@ -74,6 +74,7 @@ class Daemon:
         self._wall = wall
         self._tick = tick
         self._host = settings.daemon.host_id
+        self._sweep_again_at: float | None = None  # the lease loop's one sweep after the start's
         inboxes = {str(i.path): i for i in settings.inboxes}
         #: the one map every part reads (by .get); a reload changes it in place, on the intake thread
         self._inboxes = inboxes
@@ -163,11 +164,9 @@ class Daemon:
         # a restart within the lease keeps our claims: renew before anything else
         self.leases.renew()
         self.intake.recover()
+        sweep_leftovers(self.settings.inboxes, self._wall())
+        self._sweep_again_at = self._wall() + TEMPORARY_MAX_AGE  # see sweep_leftovers
         for inbox in self.settings.inboxes:
-            for folder in (inbox.outbox, intake.state_dir(inbox.path)):
-                swept = sweep_temporaries(folder, older_than=self._wall() - TEMPORARY_MAX_AGE)
-                if swept:
-                    log.info("temporaries_removed", folder=str(folder), count=swept)
             staged = sweep_staged(intake.uploads_dir(inbox.path, self._host))
             if staged:
                 log.info("partial_uploads_removed", inbox=str(inbox.path), count=staged)
@@ -322,6 +321,7 @@ class Daemon:
                     # straight to the intake: on a share no event tells us about the file we just moved
                     self.intake.on_path(taken.inbox, taken.path)
                     self.out.note_reclaimed(taken)
+                self._sweep_again_at = sweep_when_due(self._sweep_again_at, self.settings.inboxes, self._wall())
             except Exception:  # the lease must keep being renewed whatever one pass throws
                 log.exception("lease_error")
             if self._stop.wait(self.leases.renew_every):
@@ -353,6 +353,25 @@ class Daemon:
 
     def status_line(self) -> str:
         return status_of(self.ledger, self.cloud, self.stale())
+
+
+def sweep_leftovers(inboxes: Iterable[InboxSettings], now: float) -> None:
+    """Remove the temporaries of writes cut short (a crash of this or another host) from outboxes and claim
+    folders, once older than ``TEMPORARY_MAX_AGE``. A younger one may be another host's write in progress, so
+    the daemon sweeps at start and once more when what was left just before the start has aged."""
+    for inbox in inboxes:
+        for folder in (inbox.outbox, intake.state_dir(inbox.path)):
+            swept = sweep_temporaries(folder, older_than=now - TEMPORARY_MAX_AGE)
+            if swept:
+                log.info("temporaries_removed", folder=str(folder), count=swept)
+
+
+def sweep_when_due(due: float | None, inboxes: Iterable[InboxSettings], now: float) -> float | None:
+    """``sweep_leftovers`` once ``due`` has come; what is due next (None: nothing more)."""
+    if due is None or now < due:
+        return due
+    sweep_leftovers(inboxes, now)
+    return None
 
 
 def status_of(ledger: Ledger, cloud: CloudRoute, stale: list[str]) -> str:

@@ -554,6 +554,10 @@ def test_over_budget_files_fall_back_to_local_and_say_why(
     # Hub timeout is not about this machine's speed. Emulated Hub time runs at a quarter of real time (the
     # timeout is enforced after 480 s, the billed time is real / 4, so the budget arithmetic is unchanged).
     emu.time_scale = 4.0
+    # The admitted job holds its reservation while the other nineteen are routed: it waits 30 s to be scheduled
+    # (the engine diarizes a clip in under half a second, so a job that started at once could end, billed $0,
+    # before the last files were routed, and free the budget for a second job, which is right but not this test)
+    emu.scheduling_delay = 30.0
     # one file per job keeps the admitted job short while nineteen local runs share the CPU with it
     d = cloud_daemon(batch_max_files=1, timezone=budget_tz, **BUDGET)
     monitor = CommitMonitor(d.ledger_path, budget_tz)

@@ -9,14 +9,19 @@ and error document in the outbox the moment it appears: each must parse whole, a
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from diarist.daemon.config import parse_settings
+from diarist.daemon.ledger import Ledger
+from diarist.daemon.service import TEMPORARY_MAX_AGE, Daemon
 from diarist.handlers.results import parse_rttm, validate_result
 
 from audiogen import slices
@@ -106,6 +111,9 @@ def test_fifty_files_survive_repeated_sigkills(tmp_path, sample, daemon_factory)
         final = daemon_factory(config).start()
         for clip in clips:
             wait_until(lambda c=clip: (outbox / f"{c.stem}.json").exists(), 300, f"{clip.stem}.json")
+        # a write the last kill cut short may be younger than the start's sweep takes (another host's write in
+        # progress looks the same); the daemon sweeps once more when it has aged
+        wait_until(lambda: not [p for p in outbox.rglob(".*") if p.is_file()], 120, "temporaries swept")
         assert final.stop() == 0
         logs.append(final.text())
 
@@ -146,3 +154,33 @@ def test_fifty_files_survive_repeated_sigkills(tmp_path, sample, daemon_factory)
         assert text.count(f'"file": "{clip.name}"') >= 1
         dones = [line for line in text.splitlines() if '"event": "done"' in line and f'"{clip.name}"' in line]
         assert len(dones) <= 1, dones
+
+
+def test_a_write_cut_short_just_before_a_start_is_swept_once_it_has_aged(tmp_path: Path) -> None:
+    """The start's sweep leaves temporaries younger than ``TEMPORARY_MAX_AGE`` (they may be another host's write
+    in progress); one left by a crash just before the start is removed once it has aged, without a restart."""
+    inbox, outbox = tmp_path / "in", tmp_path / "out"
+    outbox.mkdir()
+    young = outbox / ".talk.json.x1y2z3.diarist-tmp"
+    young.write_text('{"partial')
+    old = outbox / ".call.json.a1b2c3.diarist-tmp"
+    old.write_text('{"partial')
+    os.utime(old, (time.time() - TEMPORARY_MAX_AGE - 5,) * 2)
+    settings = parse_settings(
+        {
+            "daemon": {"ledger": str(tmp_path / "l.db"), "host_id": "h1", "lease_seconds": 2.0},
+            "inbox": [{"path": str(inbox), "outbox": str(outbox), "polling": True}],
+        },
+        env={},
+    )
+    now = [time.time()]
+    daemon = Daemon(settings, engine=None, ledger=Ledger(settings.daemon.ledger), wall=lambda: now[0])  # type: ignore[arg-type]
+    daemon.start()
+    try:
+        assert not old.exists() and young.exists()  # the start's sweep
+        time.sleep(1.0)  # several lease passes: still too young
+        assert young.exists()
+        now[0] += TEMPORARY_MAX_AGE
+        wait_until(lambda: not young.exists(), 10, "the aged temporary swept")
+    finally:
+        daemon.stop(timeout=10)
