@@ -93,6 +93,8 @@ def oneshot(engine: str, item: Input, device: str) -> dict:
     ``[models] fast = false`` (pyannote's own pipeline, same weights)."""
     from measure import der
 
+    from diarist.handlers.results import parse_rttm
+
     work = Path(tempfile.mkdtemp(prefix="diarist-bench-"))
     try:
         config = work / "diarist.toml"
@@ -109,9 +111,7 @@ def oneshot(engine: str, item: Input, device: str) -> dict:
             raise SystemExit(
                 f"benchmarks: one-shot {engine} on {item.name} failed:\n{(work / 'stderr').read_text()[-3000:]}"
             )
-        turns = [
-            Turn(float(f[3]), float(f[3]) + float(f[4]), f[7]) for f in rttm_fields(work / f"{item.audio.stem}.rttm")
-        ]
+        _uri, turns = parse_rttm((work / f"{item.audio.stem}.rttm").read_text())
         doc = json.loads((work / f"{item.audio.stem}.json").read_text())
         return {
             "engine": engine,
@@ -125,40 +125,13 @@ def oneshot(engine: str, item: Input, device: str) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
-@dataclass(frozen=True)
-class Turn:
-    start: float
-    end: float
-    speaker: str
-
-
-def rttm_fields(path: Path) -> list[list[str]]:
-    return [line.split() for line in path.read_text().splitlines() if line.startswith("SPEAKER")]
-
-
-def oneshot_table(rows: list[tuple[Input, dict, dict]]) -> str:
-    lines = [
-        "| input | audio | engine | speakers found/true | wall s (one-shot) | RTF | DER | peak RSS MB | speed-up |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for item, stock, fast in rows:
-        for r in (stock, fast):
-            ratio = f"{stock['wall'] / fast['wall']:.1f}×" if r is fast else ""
-            lines.append(
-                f"| {item.name} | {r['duration'] / 60:.1f} min | {r['engine']} | "
-                f"{r['speakers']}/{item.true_speakers or '?'} | {r['wall']:.1f} | {r['wall'] / r['duration']:.3f} | "
-                f"{fmt(r['der'], '.3f')} | {r['peak_rss_mb']:.0f} | {ratio} |"
-            )
-    return "\n".join(lines)
-
-
 def fmt(value: float | None, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def engine_table(rows: list[tuple[Input, dict | None, dict | None]]) -> str:
+def engine_table(rows: list[tuple[Input, dict | None, dict | None]], wall: str = "wall s") -> str:
     lines = [
-        "| input | audio | engine | speakers found/true | wall s | RTF | DER | peak RSS MB | speed-up |",
+        f"| input | audio | engine | speakers found/true | {wall} | RTF | DER | peak RSS MB | speed-up |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for item, stock, fast in rows:
@@ -216,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     print(engine_table(rows))
     if cold:
         print("\n### One-shot `diarist process`, start-up included (model cache filled by the set-up)\n")
-        print(oneshot_table(cold))
+        print(engine_table(cold, wall="wall s (one-shot)"))
     if not args.no_daemon:
         from daemon_bench import daemon_table
 

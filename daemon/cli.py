@@ -265,10 +265,10 @@ def cmd_prepare_models(args: argparse.Namespace) -> int:
         engine.load()
     except ModelError as e:
         print(f"diarist: {e}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
     where = f" (cache: {cache_root()})" if settings.models.pipeline == cfg.BUNDLED_PIPELINE else ""
     print(f"models ready on {engine.info.device} in {engine.load_seconds:.1f} s{where}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

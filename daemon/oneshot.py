@@ -39,6 +39,11 @@ STALL_SECONDS = 120.0
 EXIT_OK, EXIT_FAILED = 0, 1
 
 
+def result_paths(out: Path | None, path: Path) -> OutputPaths:
+    """Where a run writes the results of ``path``: in ``out``, else beside the input."""
+    return OutputPaths.for_input((out or path.parent).resolve(), path.name)
+
+
 class PrintedOutcomes:
     """``FileOutcomes`` for a run in a terminal: results beside the input (or in ``out``), errors on stderr.
     The input is never moved."""
@@ -74,7 +79,7 @@ class PrintedOutcomes:
 
     def finish(self, row: FileRow, doc: dict[str, Any]) -> None:
         path = self._path(row)
-        paths = OutputPaths.for_input((self._out or path.parent).resolve(), path.name)
+        paths = result_paths(self._out, path)
         if self._voices is not None:
             doc = named(doc, self._voices, self._identify)
         write_result(paths, doc, row.request().formats or ())
@@ -229,9 +234,7 @@ def run_files(
     for path in refused:
         print(f"diarist: {path}: no such file", file=sys.stderr)
     for path in [p for p in files if p not in refused]:
-        foreign = foreign_outputs(
-            OutputPaths.for_input((out or path.parent).resolve(), path.name), asked.request.formats or ()
-        )
+        foreign = foreign_outputs(result_paths(out, path), asked.request.formats or ())
         if foreign:
             refused.append(path)
             print(

@@ -29,13 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from diarist.handlers.audio import SAMPLE_RATE
 from diarist.handlers.fbank import campplus_features
 
 #: bump when what is exported changes, so that older caches are not used
 EXPORT_VERSION = 3
 #: seconds of audio CAM++ sees per block: a 10 s chunk plus 1 s of context either side (handlers/diarize.py)
 FEATURE_SECONDS = 12.0
-SAMPLE_RATE = 16000
 
 
 @dataclass(frozen=True)
@@ -139,9 +139,7 @@ def export(segmentation: Path, embedding: Path) -> dict[str, bytes]:
 
     class Pool(Body):
         def forward(self, frames: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            pooled = self.emb.pooling(frames, weights=weights)
-            dense = self.emb.dense(pooled.reshape(-1, pooled.shape[-1]))
-            return dense.reshape(-1, weights.shape[1], facts.dimension)
+            return pool_speakers(self.emb, frames, weights, facts.dimension)
 
     def to_bytes(module: nn.Module, inputs: tuple[torch.Tensor, ...], names: list[str]) -> bytes:
         path = Path(tempfile.mkdtemp(prefix="diarist-export-")) / "model.onnx"
@@ -176,6 +174,13 @@ def export(segmentation: Path, embedding: Path) -> dict[str, bytes]:
         "pooling.onnx": to_bytes(Pool(), (frames, torch.ones(1, 3, seg_frames)), ["frames", "weights"]),
         "facts.json": json.dumps(facts.to_json()).encode(),
     }
+
+
+def pool_speakers(emb: Any, frames: Any, weights: Any, dimension: int) -> Any:
+    """CAM++'s embedding of each local speaker from a chunk's frame features (torch tensors): statistics
+    pooled with the speaker's frame weights, then its dense layer. (batch, C, T), (batch, S, T') -> (batch, S, D)."""
+    pooled = emb.pooling(frames, weights=weights)
+    return emb.dense(pooled.reshape(-1, pooled.shape[-1])).reshape(-1, weights.shape[1], dimension)
 
 
 def facts_channels(emb: Any) -> int:
@@ -277,7 +282,6 @@ class TorchModels:
 
     def pool(self, features: np.ndarray, weights: np.ndarray) -> np.ndarray:
         def pool(frames: Any, w: Any) -> Any:
-            pooled = self._emb.pooling(frames, weights=w)
-            return self._emb.dense(pooled.reshape(-1, pooled.shape[-1])).reshape(w.shape[0], w.shape[1], -1)
+            return pool_speakers(self._emb, frames, w, self.facts.dimension)
 
         return self._run(pool, features, weights.astype(np.float32))

@@ -28,8 +28,8 @@ from typing import Protocol
 
 import numpy as np
 
-from diarist.handlers.audio import to_float
-from diarist.handlers.bundled_models import SAMPLE_RATE, Frames, ModelFacts
+from diarist.handlers.audio import SAMPLE_RATE, to_float
+from diarist.handlers.bundled_models import Frames, ModelFacts
 from diarist.handlers.clustering import CannotLinkClustering
 
 #: seconds of audio run on either side of each embedding block and then discarded

