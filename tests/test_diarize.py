@@ -3,6 +3,10 @@ against pyannote's own code on the same inputs, and end to end against stock pya
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -287,6 +291,24 @@ class TestModels:
         blocked.write_text("not a folder")
         files = bundled_models.cached_export(seg, emb, blocked / "cache")
         assert OnnxModels(files).facts.dimension == 192
+
+    def test_prepare_models_fills_the_cache_and_names_a_broken_one(self, tmp_path):
+        """``diarist prepare-models`` (what the set-up runs) exports into ``$XDG_CACHE_HOME/diarist/models``; a
+        cache entry that ONNX Runtime cannot read is a model error naming that folder, exit 2."""
+        env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+        cmd = [sys.executable, "-m", "diarist.daemon.cli", "prepare-models"]
+        done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        cache = tmp_path / "xdg" / "diarist" / "models"
+        assert done.returncode == 0, done.stderr
+        assert "models ready on cpu" in done.stdout and str(cache) in done.stdout
+        (entry,) = cache.iterdir()
+        assert sorted(p.name for p in entry.iterdir()) == [
+            "embedding.onnx", "facts.json", "pooling.onnx", "segmentation.onnx"
+        ]  # fmt: skip
+        (entry / "segmentation.onnx").write_bytes(b"not a model")
+        broken = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert broken.returncode == 2, broken.stdout + broken.stderr
+        assert "cannot load the bundled models" in broken.stderr and str(cache) in broken.stderr
 
     def test_a_checkpoint_change_is_a_new_cache_entry(self, tmp_path):
         a, b = tmp_path / "a.bin", tmp_path / "b.bin"
